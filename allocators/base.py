@@ -1,0 +1,102 @@
+"""The policy interface: a pure decision over a plain snapshot (Ray autoscaler v2 style).
+
+A policy is a class with one decision method, ``decide(snapshot, state) ->
+(allocation, state)``. ``state`` is plain JSON-able data (dicts, lists,
+numbers, strings) that the controller logs with each decision and hands back
+on the next round, also after a restart: a policy keeps nothing else between
+rounds that it cannot rebuild from the snapshot.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from cluster_mgr.model import (
+    ZERO,
+    Allocation,
+    JobSpec,
+    NodeInfo,
+    PerformanceModel,
+    ResourceVector,
+)
+
+PolicyState = dict[str, Any]
+
+
+class PolicyError(ValueError):
+    """A policy cannot decide on this snapshot (for example minimums above capacity)."""
+
+
+class InfeasibleError(PolicyError):
+    """The jobs' minimums (or pins) cannot all be met with the capacity there is."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a policy may look at, as plain data.
+
+    ``models`` maps job name to its learned performance model (reward as a
+    function of (cpu, load) unless a policy documents otherwise); ``loads`` the
+    load (requests/s) forecast for the coming round; ``last`` the allocation in
+    force. ``capacity`` defaults to the sum over schedulable nodes.
+    """
+
+    time: float
+    round: int
+    nodes: tuple[NodeInfo, ...]
+    jobs: tuple[JobSpec, ...]
+    models: Mapping[str, PerformanceModel] = field(default_factory=dict)
+    loads: Mapping[str, float] = field(default_factory=dict)
+    last: Allocation | None = None
+    seed: int = 0
+    epoch: int = 0
+
+    @property
+    def capacity(self) -> ResourceVector:
+        return ResourceVector.total(n.capacity for n in self.nodes if n.schedulable)
+
+    def job(self, name: str) -> JobSpec:
+        for j in self.jobs:
+            if j.name == name:
+                return j
+        raise KeyError(name)
+
+    def allocation(self, amounts: Mapping[str, ResourceVector], policy: str) -> Allocation:
+        """Wrap amounts for every job of the snapshot (absent jobs get zero)."""
+        full = {j.name: amounts.get(j.name, ZERO) for j in self.jobs}
+        return Allocation(
+            amounts=full, round=self.round, epoch=self.epoch, time=self.time, policy=policy
+        )
+
+
+class Policy(ABC):
+    """Base class of every allocation policy (ours, baselines, oracles, plug-ins)."""
+
+    name: ClassVar[str] = "policy"
+    #: Resource kinds this policy divides; other kinds stay at each job's minimum.
+    resources: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: Capacity fraction the policy deliberately leaves idle (work-conservation checks allow it).
+    reserve: ClassVar[float] = 0.0
+
+    def initial_state(self) -> PolicyState:
+        return {}
+
+    @abstractmethod
+    def decide(self, snapshot: Snapshot, state: PolicyState) -> tuple[Allocation, PolicyState]:
+        """Return the allocation for this round and the state to keep for the next."""
+
+
+def check_feasible(snapshot: Snapshot, kinds: tuple[str, ...] | None = None) -> None:
+    """Raise InfeasibleError when the sum of minimums exceeds capacity on some kind."""
+    need = ResourceVector.total(j.minimum for j in snapshot.jobs)
+    over = need.over(snapshot.capacity)
+    if kinds is not None:
+        over = {k: v for k, v in over.items() if k in kinds}
+    if over:
+        detail = ", ".join(f"{k} short by {v:.3g}" for k, v in sorted(over.items()))
+        raise InfeasibleError(
+            f"job minimums exceed capacity ({detail}); remove a job or lower a minimum"
+        )

@@ -1,0 +1,1 @@
+"""Controllers: the global allocator (rounds) and per-node local controllers (fast windows)."""
