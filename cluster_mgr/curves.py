@@ -1,0 +1,100 @@
+"""Ground-truth reward curves (Cilantro's synthetic job families), for emulation and oracles.
+
+A job's reward is the success probability of its requests,
+``p = mu(coeff * alloc / load)``, with ``mu`` one of Cilantro's families
+(DESIGN.md). Pure numpy; used only by the emulation (sim backend, emulated
+replicas) and by oracles, which see the truth through the same
+``PerformanceModel.bounds`` interface a learner offers (lcb = mean = ucb).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster_mgr.model import ModelError
+
+#: family -> default coefficient, from Cilantro's cluster-sharing experiments.
+CILANTRO_FAMILIES: dict[str, float] = {
+    "tanh": 750.42,
+    "inverse": 623.45,  # mu(x) = 1 - 1/(1+x); Cilantro also used 919.67
+    "logistic": 1129.92,  # with bias 9.1; Cilantro also used bias 4.9 with 1761.53
+    "linear": 400.0,  # with Gaussian noise
+}
+DEFAULT_BIAS = {"logistic": 9.1}
+
+
+def mu(family: str, x: np.ndarray, bias: float = 0.0) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    if family == "tanh":
+        return np.tanh(x)
+    if family == "inverse":
+        return x / (1.0 + x)
+    if family == "logistic":
+        return 1.0 / (1.0 + np.exp(bias - x))
+    if family == "linear":
+        return np.clip(x, 0.0, 1.0)
+    raise ModelError(
+        f"unknown curve family {family!r}; expected one of {sorted(CILANTRO_FAMILIES)}"
+    )
+
+
+@dataclass(frozen=True)
+class RewardCurve:
+    """reward(alloc, load) = mu(coeff * alloc / load), with optional Gaussian noise (linear family).
+
+    ``scale`` divides the coefficient so that scenarios can use loads and
+    allocations of their own magnitude: x = coeff * alloc / (load * scale).
+    """
+
+    family: str = "tanh"
+    coeff: float | None = None
+    bias: float | None = None
+    noise: float = 0.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.family not in CILANTRO_FAMILIES:
+            raise ModelError(
+                f"unknown curve family {self.family!r}; expected one of {sorted(CILANTRO_FAMILIES)}"
+            )
+        if self.coeff is not None and not self.coeff > 0:
+            raise ModelError(f"curve coeff must be > 0, got {self.coeff}")
+        if self.noise < 0 or not self.scale > 0:
+            raise ModelError("curve noise must be >= 0 and scale > 0")
+
+    @property
+    def k(self) -> float:
+        return (
+            self.coeff if self.coeff is not None else CILANTRO_FAMILIES[self.family]
+        ) / self.scale
+
+    def mean(self, alloc: np.ndarray, load: np.ndarray | float) -> np.ndarray:
+        alloc = np.asarray(alloc, dtype=float)
+        if alloc.ndim == 2:
+            alloc = alloc[:, 0]
+        load = np.maximum(np.asarray(load, dtype=float), 1e-9)
+        bias = self.bias if self.bias is not None else DEFAULT_BIAS.get(self.family, 0.0)
+        return mu(self.family, self.k * alloc / load, bias)
+
+    def bounds(
+        self, alloc: np.ndarray, load: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = self.mean(alloc, load)
+        return m, m, m
+
+    def sample(
+        self,
+        alloc: np.ndarray,
+        load: np.ndarray | float,
+        requests: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Observed reward: the fraction of ``requests`` that succeed (binomial), plus noise if any."""
+        p = self.mean(alloc, load)
+        n = np.maximum(np.asarray(requests, dtype=np.int64), 1)
+        r = rng.binomial(n, np.clip(p, 0.0, 1.0)) / n
+        if self.noise > 0:
+            r = np.clip(r + rng.normal(0.0, self.noise, size=np.shape(r)), 0.0, 1.0)
+        return r
