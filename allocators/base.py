@@ -5,6 +5,22 @@ A policy is a class with one decision method, ``decide(snapshot, state) ->
 numbers, strings) that the controller logs with each decision and hands back
 on the next round, also after a restart: a policy keeps nothing else between
 rounds that it cannot rebuild from the snapshot.
+
+Runtime signals (``Snapshot.signals``): job -> {key: value}, the latest
+measured values for policies that act on measurements rather than on models
+(Parties, Caladan, HPA, Ray Serve, PID, MIAD, the observed-welfare searches).
+Keys, all optional (a policy skips a job whose key it needs is missing):
+
+- ``p99_ms``: measured P99 latency of the last fast window (ms).
+- ``reward``: measured reward of the last telemetry window, in [0, 1].
+- ``queue_len``: requests queued or in flight, summed over the job's replicas.
+- ``queue_delay_ms``: mean queueing delay of the last window (ms).
+- ``utilization``: CPU used / CPU allocated over the last window, in [0, 1+].
+- ``cpu_throttled_frac``: fraction of the window the CPU quota throttled.
+- ``load``: offered load of the last window (requests/s).
+
+A policy's own cadence (Parties 100 ms, HPA 15 s, Cilantro 120 s) is kept in
+its state from ``Snapshot.time``, since ``decide`` runs once per controller step.
 """
 
 from __future__ import annotations
@@ -53,6 +69,7 @@ class Snapshot:
     last: Allocation | None = None
     seed: int = 0
     epoch: int = 0
+    signals: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def capacity(self) -> ResourceVector:
@@ -76,6 +93,12 @@ class Policy(ABC):
     """Base class of every allocation policy (ours, baselines, oracles, plug-ins)."""
 
     name: ClassVar[str] = "policy"
+    #: "ours", "baseline", "oracle" or "plug-in" (what ``cluster-mgr policies`` shows).
+    kind: ClassVar[str] = "plug-in"
+    #: One line for ``cluster-mgr policies``.
+    description: ClassVar[str] = ""
+    #: Where the policy comes from (paper, system), for the listing and the docs.
+    source: ClassVar[str] = ""
     #: Resource kinds this policy divides; other kinds stay at each job's minimum.
     resources: ClassVar[tuple[str, ...]] = ("cpu",)
     #: Capacity fraction the policy deliberately leaves idle (work-conservation checks allow it).

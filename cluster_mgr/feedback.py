@@ -1,0 +1,334 @@
+"""Telemetry windows -> learner feedback, vectorized over Arrow columns.
+
+Replicas report one TelemetryWindow per telemetry window; learners want one
+Observation per *job* per telemetry window. This module does that reduction
+with numpy over whole Arrow batches (the controller ingests tens of thousands
+of windows per second, so no Python object per window on the hot path):
+
+* ``TelemetryLedger`` drops windows already seen (a restarted NodeAgent
+  re-sends what it had not acked) and counts windows lost (gaps in a replica's
+  ``seq``), so loss is recorded, never silent.
+* ``aggregate`` sums a job's replica windows that cover the same telemetry
+  window (counters add, latency histograms merge, CPU quotas add).
+* ``feedback`` turns aggregates into learner inputs. Reward for a latency SLO
+  is ``within_slo / offered``: rejected and timed-out requests are offered but
+  never within the SLO, so they count as misses. For a throughput SLO it is
+  ``min(1, goodput / target)``. ``sigma`` is the binomial standard error of
+  that fraction, floored at ``SIGMA_FLOOR`` (a window of 10,000 all-good
+  requests is not a noise-free measurement of a drifting system).
+
+Pure: numpy and pyarrow, no Ray, no clock, no files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from cluster_mgr.model import (
+    LATENCY_BUCKET_EDGES_MS,
+    N_LATENCY_BUCKETS,
+    TELEMETRY_WINDOW_S,
+    JobSpec,
+    Observation,
+    TelemetryWindow,
+)
+from cluster_mgr.telemetry import TELEMETRY_SCHEMA, windows_to_batch
+
+SIGMA_FLOOR = 0.02
+
+
+def as_table(data: pa.RecordBatch | pa.Table | Sequence[TelemetryWindow]) -> pa.Table:
+    """Any telemetry input as one Arrow table with the telemetry schema."""
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    return pa.Table.from_batches([windows_to_batch(list(data))], schema=TELEMETRY_SCHEMA)
+
+
+def hist_matrix(table: pa.Table) -> np.ndarray:
+    """The ``latency_hist`` column as an (n, N_LATENCY_BUCKETS) int64 matrix (empty lists -> zeros)."""
+    n = table.num_rows
+    col = table.column("latency_hist").combine_chunks()
+    if n == 0:
+        return np.zeros((0, N_LATENCY_BUCKETS), dtype=np.int64)
+    offsets = col.offsets.to_numpy(zero_copy_only=False)
+    lengths = np.diff(offsets)
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    base = offsets[0]
+    if np.all(lengths == N_LATENCY_BUCKETS):  # the common case: one reshape, no copy per row
+        return values[base : base + n * N_LATENCY_BUCKETS].reshape(n, N_LATENCY_BUCKETS)
+    out = np.zeros((n, N_LATENCY_BUCKETS), dtype=np.int64)
+    for i in np.flatnonzero(lengths):
+        if lengths[i] != N_LATENCY_BUCKETS:
+            raise ValueError(
+                f"telemetry row {i}: latency_hist has {lengths[i]} buckets, expected {N_LATENCY_BUCKETS}"
+            )
+        out[i] = values[offsets[i] : offsets[i + 1]]
+    return out
+
+
+def percentiles(hists: np.ndarray, q: float) -> np.ndarray:
+    """Row-wise ``histogram_percentile`` over an (n, buckets) matrix; nan for empty rows."""
+    hists = np.asarray(hists, dtype=float)
+    n = hists.sum(axis=1)
+    out = np.full(len(hists), math.nan)
+    ok = n > 0
+    if not ok.any():
+        return out
+    h = hists[ok]
+    cum = np.cumsum(h, axis=1)
+    rank = (q / 100.0 * n[ok])[:, None]
+    i = np.minimum((cum < rank).sum(axis=1), N_LATENCY_BUCKETS - 1)
+    rows = np.arange(len(h))
+    below = np.where(i > 0, cum[rows, np.maximum(i - 1, 0)], 0.0)
+    cnt = h[rows, i]
+    frac = np.where(cnt > 0, np.clip((rank[:, 0] - below) / np.where(cnt > 0, cnt, 1), 0, 1), 0.0)
+    lo, hi = LATENCY_BUCKET_EDGES_MS[i], LATENCY_BUCKET_EDGES_MS[i + 1]
+    out[ok] = lo * (hi / lo) ** frac
+    return out
+
+
+# --------------------------------------------------------------------------- dedupe and loss
+
+
+class TelemetryLedger:
+    """Per replica high-water marks: drops re-sent windows and counts gaps as lost.
+
+    Replicas number their windows from 0 and deliver them in order (a NodeAgent
+    sends everything not yet acked, oldest first), so a window with ``seq`` at
+    or below the replica's mark was already received, and a jump above
+    ``mark + 1`` means windows that nobody will ever deliver.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, int] = {}
+        self.received = 0
+        self.duplicates = 0
+        self.lost = 0
+        self.lost_by_replica: dict[str, int] = {}
+
+    def admit(self, table: pa.Table) -> pa.Table:
+        """The rows of ``table`` not seen before; updates marks and the loss count."""
+        n = table.num_rows
+        if n == 0:
+            return table
+        replica = table.column("replica").combine_chunks().dictionary_encode()
+        codes = replica.indices.to_numpy(zero_copy_only=False)
+        names = replica.dictionary.to_pylist()
+        seq = table.column("seq").to_numpy()
+        order = np.lexsort((seq, codes))
+        keep = np.zeros(n, dtype=bool)
+        sc, ss = codes[order], seq[order]
+        bounds = np.flatnonzero(np.diff(sc)) + 1
+        for part in np.split(np.arange(n), bounds):
+            name = names[sc[part[0]]]
+            mark = self.marks.get(name, -1)
+            s = ss[part]
+            fresh = s > mark
+            # repeated seqs inside one batch are duplicates too
+            fresh[1:] &= s[1:] != s[:-1]
+            if fresh.any():
+                fs = s[fresh]
+                expected = np.concatenate(([mark + 1], fs[:-1] + 1))
+                gap = int(np.maximum(fs - expected, 0).sum())
+                if gap:
+                    self.lost += gap
+                    self.lost_by_replica[name] = self.lost_by_replica.get(name, 0) + gap
+                self.marks[name] = int(fs[-1])
+            keep[order[part]] = fresh
+        kept = int(keep.sum())
+        self.received += kept
+        self.duplicates += n - kept
+        return table if kept == n else table.filter(pa.array(keep))
+
+    def record_lost(self, replica: str, count: int) -> None:
+        """Windows known to be gone (a replica died holding unacked windows)."""
+        if count > 0:
+            self.lost += count
+            self.lost_by_replica[replica] = self.lost_by_replica.get(replica, 0) + count
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+@dataclass(frozen=True)
+class JobWindows:
+    """Per (job, telemetry window) sums, as parallel arrays of length m."""
+
+    job: np.ndarray  # object array of job names
+    index: np.ndarray  # telemetry window index: floor(midpoint / window_s)
+    start: np.ndarray
+    end: np.ndarray
+    offered: np.ndarray
+    completed: np.ndarray
+    rejected: np.ndarray
+    timed_out: np.ndarray
+    within_slo: np.ndarray
+    cpu_quota: np.ndarray  # summed over the job's replicas: the CPU in force
+    replicas: np.ndarray  # windows merged into each row
+    hist: np.ndarray  # (m, N_LATENCY_BUCKETS)
+
+    def __len__(self) -> int:
+        return len(self.job)
+
+    def select(self, mask: np.ndarray) -> JobWindows:
+        return JobWindows(**{k: getattr(self, k)[mask] for k in self.__dataclass_fields__})
+
+    def p99(self) -> np.ndarray:
+        return percentiles(self.hist, 99.0)
+
+
+def empty_job_windows() -> JobWindows:
+    z = np.zeros(0)
+    zi = np.zeros(0, dtype=np.int64)
+    return JobWindows(
+        np.zeros(0, dtype=object), zi, z, z, zi, zi, zi, zi, zi, z, zi,
+        np.zeros((0, N_LATENCY_BUCKETS), dtype=np.int64),
+    )  # fmt: skip
+
+
+def window_index(start: np.ndarray, end: np.ndarray, window_s: float) -> np.ndarray:
+    """Which telemetry window a replica window belongs to (its midpoint decides, so clock skew
+    of less than half a window between replicas does not split a window)."""
+    return np.floor((np.asarray(start) + np.asarray(end)) / (2.0 * window_s)).astype(np.int64)
+
+
+def aggregate(
+    data: pa.Table | pa.RecordBatch | Sequence[TelemetryWindow],
+    window_s: float = TELEMETRY_WINDOW_S,
+) -> JobWindows:
+    table = as_table(data)
+    n = table.num_rows
+    if n == 0:
+        return empty_job_windows()
+    job = table.column("job").combine_chunks().dictionary_encode()
+    codes = job.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = np.array(job.dictionary.to_pylist(), dtype=object)
+    start = table.column("start").to_numpy()
+    end = table.column("end").to_numpy()
+    idx = window_index(start, end, window_s)
+    keys = np.stack([codes, idx], axis=1)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    m = len(uniq)
+
+    def col_sum(name: str, dtype: type = np.int64) -> np.ndarray:
+        v = np.nan_to_num(table.column(name).to_numpy(zero_copy_only=False).astype(float))
+        return np.bincount(inv, weights=v, minlength=m).astype(dtype)
+
+    order = np.argsort(inv, kind="stable")
+    first = _starts(inv, m)
+    hist = np.add.reduceat(hist_matrix(table)[order], first, axis=0)
+    return JobWindows(
+        job=names[uniq[:, 0]],
+        index=uniq[:, 1],
+        start=np.minimum.reduceat(start[order], first),
+        end=np.maximum.reduceat(end[order], first),
+        offered=col_sum("offered"),
+        completed=col_sum("completed"),
+        rejected=col_sum("rejected"),
+        timed_out=col_sum("timed_out"),
+        within_slo=col_sum("within_slo"),
+        cpu_quota=col_sum("cpu_quota", float),
+        replicas=np.bincount(inv, minlength=m).astype(np.int64),
+        hist=hist,
+    )
+
+
+def _starts(inv: np.ndarray, m: int) -> np.ndarray:
+    """Start offsets of each group in ``inv`` sorted (every group has at least one row)."""
+    counts = np.bincount(inv, minlength=m)
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+
+def concat_job_windows(parts: Sequence[JobWindows]) -> JobWindows:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return empty_job_windows()
+    return JobWindows(
+        **{
+            k: np.concatenate([getattr(p, k) for p in parts])
+            for k in JobWindows.__dataclass_fields__
+        }
+    )
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Learner inputs, one row per job per telemetry window with traffic (arrays of length m)."""
+
+    job: np.ndarray
+    alloc: np.ndarray  # (m, 1) CPUs in force
+    load: np.ndarray  # offered requests/s
+    value: np.ndarray  # reward in [0, 1]
+    sigma: np.ndarray
+    time: np.ndarray  # window end
+    p99_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.job)
+
+    def observations(self, window_s: float = TELEMETRY_WINDOW_S) -> list[Observation]:
+        return [
+            Observation(str(j), float(t), tuple(map(float, a)), float(ld), float(v), float(s), window_s)
+            for j, a, ld, v, s, t in zip(
+                self.job, self.alloc, self.load, self.value, self.sigma, self.time, strict=True
+            )
+        ]
+
+
+def rewards(
+    jw: JobWindows, specs: Mapping[str, JobSpec], window_s: float = TELEMETRY_WINDOW_S
+) -> tuple[np.ndarray, np.ndarray]:
+    """(reward, sigma) per row of ``jw`` (rows with no offered requests give nan)."""
+    offered = jw.offered.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reward = np.where(offered > 0, jw.within_slo / offered, math.nan)
+        for i, name in enumerate(jw.job):
+            spec = specs.get(name)
+            if spec is not None and spec.slo is not None and spec.slo.metric == "throughput":
+                goodput = jw.within_slo[i] / window_s
+                reward[i] = min(1.0, goodput / spec.slo.target) if offered[i] > 0 else math.nan
+            elif spec is not None and spec.slo is None and offered[i] > 0:
+                reward[i] = jw.completed[i] / offered[i]  # no SLO: success = completed
+        p = np.clip(reward, 0.0, 1.0)
+        sigma = np.sqrt(p * (1.0 - p) / np.maximum(offered, 1.0))
+    return reward, np.maximum(np.nan_to_num(sigma, nan=1.0), SIGMA_FLOOR)
+
+
+def feedback(
+    jw: JobWindows,
+    specs: Mapping[str, JobSpec],
+    fallback_alloc: Mapping[str, float] | None = None,
+    window_s: float = TELEMETRY_WINDOW_S,
+) -> Feedback:
+    """Learner inputs from aggregates: windows without traffic carry no information and are dropped.
+
+    The allocation is the CPU quota the replicas reported (what was in force);
+    when they report none (a backend without quotas) ``fallback_alloc`` names it.
+    """
+    reward, sigma = rewards(jw, specs, window_s)
+    alloc = jw.cpu_quota.astype(float).copy()
+    if fallback_alloc:
+        missing = alloc <= 0
+        for i in np.flatnonzero(missing):
+            alloc[i] = fallback_alloc.get(jw.job[i], 0.0)
+    keep = (jw.offered > 0) & np.isfinite(reward)
+    return Feedback(
+        job=jw.job[keep],
+        alloc=alloc[keep][:, None],
+        load=jw.offered[keep] / window_s,
+        value=reward[keep],
+        sigma=sigma[keep],
+        time=jw.end[keep],
+        p99_ms=jw.p99()[keep] if keep.any() else np.zeros(0),
+    )
