@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster_mgr.model import (
     LATENCY_BUCKET_EDGES_MS,
@@ -103,15 +104,52 @@ class TelemetryLedger:
     Replicas number their windows from 0 and deliver them in order (a NodeAgent
     sends everything not yet acked, oldest first), so a window with ``seq`` at
     or below the replica's mark was already received, and a jump above
-    ``mark + 1`` means windows that nobody will ever deliver.
+    ``mark + 1`` means windows that nobody will ever deliver. Vectorized: one
+    dictionary lookup per distinct replica in a batch, numpy for the rest.
     """
 
     def __init__(self) -> None:
-        self.marks: dict[str, int] = {}
+        self._ids: dict[str, int] = {}
+        self._known: pa.Array | None = None
+        self._names: list[str] = []
+        self._marks = np.full(1024, -1, dtype=np.int64)
+        self._lost = np.zeros(1024, dtype=np.int64)
         self.received = 0
         self.duplicates = 0
         self.lost = 0
-        self.lost_by_replica: dict[str, int] = {}
+
+    def _gid(self, name: str) -> int:
+        gid = self._ids.get(name)
+        if gid is None:
+            gid = self._ids[name] = len(self._names)
+            self._names.append(name)
+            if gid >= len(self._marks):
+                grow = len(self._marks)
+                self._marks = np.concatenate([self._marks, np.full(grow, -1, dtype=np.int64)])
+                self._lost = np.concatenate([self._lost, np.zeros(grow, dtype=np.int64)])
+        return gid
+
+    def _lookup(self, names: pa.Array) -> np.ndarray:
+        """Global ids of ``names``: one hash lookup in Arrow, a Python step only for new names."""
+        if self._known is None or len(self._known) != len(self._names):
+            self._known = pa.array(self._names, pa.string())
+        idx = pc.index_in(names, value_set=self._known).to_numpy(zero_copy_only=False)
+        idx = np.where(np.isnan(idx.astype(float)), -1, idx).astype(np.int64)
+        for i in np.flatnonzero(idx < 0):
+            idx[i] = self._gid(names[i].as_py())
+        return idx
+
+    def mark(self, replica: str) -> int:
+        gid = self._ids.get(replica)
+        return -1 if gid is None else int(self._marks[gid])
+
+    @property
+    def marks(self) -> dict[str, int]:
+        return {n: int(self._marks[i]) for n, i in self._ids.items()}
+
+    @property
+    def lost_by_replica(self) -> dict[str, int]:
+        return {n: int(self._lost[i]) for n, i in self._ids.items() if self._lost[i]}
 
     def admit(self, table: pa.Table) -> pa.Table:
         """The rows of ``table`` not seen before; updates marks and the loss count."""
@@ -119,30 +157,29 @@ class TelemetryLedger:
         if n == 0:
             return table
         replica = table.column("replica").combine_chunks().dictionary_encode()
-        codes = replica.indices.to_numpy(zero_copy_only=False)
-        names = replica.dictionary.to_pylist()
-        seq = table.column("seq").to_numpy()
-        order = np.lexsort((seq, codes))
+        local = replica.indices.to_numpy(zero_copy_only=False)
+        lut = self._lookup(replica.dictionary)
+        gid = lut[local]
+        seq = table.column("seq").to_numpy().astype(np.int64)
+        order = np.lexsort((seq, gid))
+        g, q = gid[order], seq[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        fresh = q > self._marks[g]
+        fresh[1:] &= ~((g[1:] == g[:-1]) & (q[1:] == q[:-1]))  # repeats inside one batch
+        fg, fq = g[fresh], q[fresh]
+        if len(fg):
+            ffirst = np.ones(len(fg), dtype=bool)
+            ffirst[1:] = fg[1:] != fg[:-1]
+            prev = np.where(ffirst, self._marks[fg], np.concatenate(([0], fq[:-1])))
+            gaps = np.maximum(fq - prev - 1, 0)
+            if gaps.any():
+                np.add.at(self._lost, fg, gaps)
+                self.lost += int(gaps.sum())
+            np.maximum.at(self._marks, fg, fq)
         keep = np.zeros(n, dtype=bool)
-        sc, ss = codes[order], seq[order]
-        bounds = np.flatnonzero(np.diff(sc)) + 1
-        for part in np.split(np.arange(n), bounds):
-            name = names[sc[part[0]]]
-            mark = self.marks.get(name, -1)
-            s = ss[part]
-            fresh = s > mark
-            # repeated seqs inside one batch are duplicates too
-            fresh[1:] &= s[1:] != s[:-1]
-            if fresh.any():
-                fs = s[fresh]
-                expected = np.concatenate(([mark + 1], fs[:-1] + 1))
-                gap = int(np.maximum(fs - expected, 0).sum())
-                if gap:
-                    self.lost += gap
-                    self.lost_by_replica[name] = self.lost_by_replica.get(name, 0) + gap
-                self.marks[name] = int(fs[-1])
-            keep[order[part]] = fresh
-        kept = int(keep.sum())
+        keep[order] = fresh
+        kept = int(fresh.sum())
         self.received += kept
         self.duplicates += n - kept
         return table if kept == n else table.filter(pa.array(keep))
@@ -151,7 +188,7 @@ class TelemetryLedger:
         """Windows known to be gone (a replica died holding unacked windows)."""
         if count > 0:
             self.lost += count
-            self.lost_by_replica[replica] = self.lost_by_replica.get(replica, 0) + count
+            self._lost[self._gid(replica)] += count
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -293,7 +330,10 @@ def rewards(
     offered = jw.offered.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         reward = np.where(offered > 0, jw.within_slo / offered, math.nan)
-        for i, name in enumerate(jw.job):
+        special = {n for n, sp in specs.items() if sp.slo is None or sp.slo.metric == "throughput"}
+        rows = np.flatnonzero([j in special for j in jw.job]) if special else ()
+        for i in rows:
+            name = jw.job[i]
             spec = specs.get(name)
             if spec is not None and spec.slo is not None and spec.slo.metric == "throughput":
                 goodput = jw.within_slo[i] / window_s

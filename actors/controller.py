@@ -1,0 +1,490 @@
+"""The Controller: a Ray actor hosting the GlobalAllocator's control loop under the wall clock.
+
+Threaded actor: NodeAgents push telemetry (``ingest``) and admins call the
+ControlPlane methods while the loop thread runs rounds. One lock guards the
+allocator. Each loop tick it
+
+1. reconciles NodeAgents with the nodes Ray reports alive (one named agent
+   per node, pinned to it; a node Ray reports dead asks for a round at once
+   and its replicas' windows that never arrived are recorded as lost),
+2. when a round is due, computes capacity per node (Ray's total minus what
+   work outside the manager holds: total - available - our own
+   reservations), runs ``GlobalAllocator.step`` and enforces the plan
+   through the agents in make, break, make phases (make-before-break), or in
+   shadow mode only logs it.
+
+Telemetry goes to the RunLog (telemetry table) before ``ingest`` returns, so
+an agent acks windows at the replicas only when they are durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.names import agent_name, pg_name
+from actors.node_agent import NodeAgent
+from cluster_mgr.clock import SystemClock
+from cluster_mgr.control.api import Explanation, JobStatus, NodeStatus, PolicyInfo, Status
+from cluster_mgr.control.global_allocator import Decision, GlobalAllocator
+from cluster_mgr.model import JobSpec, NodeInfo, ResourceVector, utility_from_reward
+from cluster_mgr.place import replica_sizes
+from cluster_mgr.settings import ManagerConfig
+from cluster_mgr.store import RunLog
+
+log = logging.getLogger("cluster_mgr.controller")
+
+LAG_SAMPLES = 200_000
+
+
+def make_policy(name: str, options: dict[str, Any]) -> Any:
+    """The policy by name: the allocators registry when present, else the built-in fair share."""
+    try:
+        from allocators.registry import get_policy  # type: ignore[import-not-found]
+    except ImportError:
+        get_policy = None
+    if get_policy is not None:
+        p = get_policy(name)
+        return p(**options) if isinstance(p, type) else p
+    if name != "fair_share":
+        raise ValueError(f"policy {name!r}: no allocators.registry yet; only 'fair_share' exists")
+    from allocators.policies.fair_share import ProportionalFairShare
+
+    return ProportionalFairShare(**options)
+
+
+def make_learner_factory(name: str, options: dict[str, Any]) -> Any:
+    """``learners.make_learner`` when present; None (no learning) until the learners land."""
+    try:
+        from learners import make_learner  # type: ignore[attr-defined]
+    except ImportError:
+        log.info("learners.make_learner not available: running without learners")
+        return None
+    return lambda spec: make_learner(name, **options)
+
+
+def list_policies() -> tuple[PolicyInfo, ...]:
+    try:
+        from allocators import registry  # type: ignore[attr-defined]
+
+        infos = registry.list_policies()
+        return tuple(
+            i if isinstance(i, PolicyInfo) else PolicyInfo(**i) for i in infos
+        )  # fmt: skip
+    except (ImportError, AttributeError, TypeError):
+        from allocators.policies.fair_share import ProportionalFairShare as P
+
+        return (PolicyInfo(P.name, getattr(P, "kind", "baseline"),
+                           "proportional fair share by weight", "built-in"),)  # fmt: skip
+
+
+class ControllerCore:
+    """Everything the Controller actor does, without the actor wrapper."""
+
+    def __init__(self, config: ManagerConfig, *, tick_s: float = 0.2, agent_options: dict[str, Any] | None = None,
+                 enforce_timeout_s: float = 120.0) -> None:  # fmt: skip
+        self.config = config
+        self.clock = SystemClock()
+        self.log = RunLog(config.log_uri, writer=f"ctl-{int(time.time())}")
+        self.ga = GlobalAllocator(
+            config.jobs,
+            make_policy(config.policy, dict(config.policy_options)),
+            make_learner_factory(config.learner, dict(config.learner_options)),
+            self.clock,
+            self.log,
+            round_s=config.round_s,
+            seed=config.seed,
+            shadow=config.shadow,
+            window_s=config.telemetry_window_s,
+        )
+        self.lock = threading.RLock()
+        self.tick_s = tick_s
+        self.enforce_timeout_s = enforce_timeout_s
+        self.agent_options = {"window_s": config.telemetry_window_s,
+                              "fast_window_s": config.fast_window_s, **(agent_options or {})}  # fmt: skip
+        self.agents: dict[str, Any] = {}
+        self.agent_seen: dict[str, float] = {}
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.dead_nodes: set[str] = set()
+        self.alive: dict[str, dict[str, Any]] = {}
+        self.lag_s: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.ingested_rows = 0
+        self.rounds_done = 0
+        self.enforced_epoch = -1
+        self.last_error = ""
+        self.events: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.admin: Any = None
+        self.admin_address = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        restored = 0
+        if self.log.read("decisions").num_rows:
+            with self.lock:
+                restored = self.ga.restore(self.log)
+        self.reconcile()
+        self._start_admin()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="control-loop", daemon=True)
+            self._thread.start()
+        return {"restored_windows": restored, "agents": sorted(self.agents),
+                "admin_address": self.admin_address}  # fmt: skip
+
+    def _start_admin(self) -> None:
+        if not self.config.admin_bind or self.admin is not None:
+            return
+        try:
+            from cluster_mgr.admin.server import serve
+        except ImportError:
+            log.info("cluster_mgr.admin.server not available: no admin API from the controller")
+            return
+        try:
+            self.admin = serve(self, self.config.admin_bind, self.config.admin_token)
+            self.admin_address = self.admin.address
+        except (OSError, ValueError) as exc:
+            log.warning("admin API not served: %s", exc)
+
+    def _loop(self) -> None:
+        next_reconcile = 0.0
+        while not self._stop.is_set():
+            started = time.time()
+            try:
+                if started >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = started + 1.0
+                with self.lock:
+                    self.ga.settle()
+                    due = self.ga.due()
+                if due:
+                    self.run_round()
+            except Exception as exc:  # a failed round is logged; the loop carries on
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("control loop")
+            self._stop.wait(max(0.0, self.tick_s - (time.time() - started)))
+
+    def shutdown(self) -> int:
+        """Stop the loop, stop every replica (through the agents), kill the agents."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        stopped = 0
+        refs = [a.shutdown.remote() for a in self.agents.values()]
+        for r in refs:
+            with contextlib.suppress(Exception):  # an agent on a dead node has nothing to stop
+                stopped += ray.get(r, timeout=60)
+        for a in self.agents.values():
+            ray.kill(a, no_restart=True)
+        self.agents.clear()
+        if self.admin is not None:
+            self.admin.stop()
+        return stopped
+
+    # -- nodes and agents --------------------------------------------------------------
+    def reconcile(self) -> None:
+        nodes = ray.nodes()
+        alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
+        gone = [nid for nid in self.agents if nid not in alive]
+        for nid in gone:  # Ray reports the node dead: re-place its replicas at once
+            self.agents.pop(nid, None)
+            self.dead_nodes.add(nid)
+            rep = self.reports.pop(nid, {})
+            lost = self._record_node_loss(nid, rep)
+            self._event("node_dead", nid, {"replicas": sorted(rep.get("replicas", {})),
+                                           "windows_lost_estimate": lost})  # fmt: skip
+            with self.lock:
+                self.ga.request_round(f"node {nid} dead")
+        for nid in alive:
+            if nid in self.agents:
+                continue
+            self.agents[nid] = NodeAgent.options(
+                name=agent_name(nid),
+                namespace=self.config.namespace,
+                get_if_exists=True,
+                lifetime="detached" if self.config.address != "local" else None,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
+            ).remote(nid, self.config.namespace, self.agent_options)
+            self.agent_seen.setdefault(nid, time.time())
+            if self.alive:  # a node that joined after start: room for a round
+                with self.lock:
+                    self.ga.request_round(f"node {nid} joined")
+        self.alive = alive
+
+    def _record_node_loss(self, node_id: str, report: dict[str, Any]) -> int:
+        """Windows the dead node's replicas closed after the last one we received: lost, and
+        said so (the ledger counts them; status shows them)."""
+        now = time.time()
+        total = 0
+        for name, info in report.get("replicas", {}).items():
+            have = self.ga.ledger.mark(name)
+            produced = int(info.get("seq", 0)) - 1  # last closed seq at the report
+            since = max(0.0, now - float(report.get("time", now)))
+            n = max(0, produced - have) + int(since // self.config.telemetry_window_s)
+            with self.lock:
+                self.ga.ledger.record_lost(name, n)
+            total += n
+            # its placement group would otherwise wait forever for the dead node
+            with contextlib.suppress(Exception):
+                ray.util.remove_placement_group(ray.util.get_placement_group(pg_name(name)))
+        return total
+
+    def capacity(self) -> list[NodeInfo]:
+        """Per alive node: Ray's total minus what work outside the manager holds."""
+        avail = ray._private.state.available_resources_per_node()  # no public per-node API
+        ours: dict[str, float] = {}
+        for nid, rep in self.reports.items():
+            ours[nid] = sum(float(i["size"]) for i in rep.get("replicas", {}).values())
+        out = []
+        for nid, n in self.alive.items():
+            total = float(n["Resources"].get("CPU", 0.0))
+            free = float(avail.get(nid, {}).get("CPU", total))
+            outside = max(0.0, total - free - ours.get(nid, 0.0))
+            cpu = math.floor((total - outside) / 0.1 + 1e-6) * 0.1
+            out.append(NodeInfo(nid, ResourceVector(cpu=max(cpu, 0.0)), alive=True,
+                                address=n.get("NodeManagerAddress", "")))  # fmt: skip
+        return sorted(out, key=lambda x: x.node_id)
+
+    # -- rounds ------------------------------------------------------------------------
+    def run_round(self) -> Decision | None:
+        nodes = self.capacity()
+        with self.lock:
+            try:
+                decision = self.ga.step(nodes)
+            except ValueError as exc:
+                self.last_error = str(exc)
+                return None
+        if not self.config.shadow:
+            self.enforce(decision)
+        self.rounds_done += 1
+        return decision
+
+    def desired_for(self, decision: Decision) -> dict[str, dict[str, dict[str, Any]]]:
+        specs = {j.name: j for j in self.ga.jobs}
+        out: dict[str, dict[str, dict[str, Any]]] = {nid: {} for nid in self.agents}
+        for s in decision.plan.shares:
+            spec = specs.get(s.job)
+            if spec is None:
+                continue
+            slo = spec.slo.target if spec.slo is not None and spec.slo.metric == "latency" else None
+            out.setdefault(s.node_id, {})[s.job] = {
+                "sizes": list(replica_sizes(s, spec.replica_cpus)),
+                "workload": dict(spec.workload),
+                "slo_ms": slo,
+            }
+        return out
+
+    def enforce(self, decision: Decision) -> dict[str, Any]:
+        epoch = decision.plan.epoch
+        desired = self.desired_for(decision)
+        summary: dict[str, Any] = {"epoch": epoch, "started": 0, "stopped": 0, "deferred": 0,
+                                   "refused": 0, "missing_agent": []}  # fmt: skip
+        for nid in desired:
+            if nid not in self.agents:
+                summary["missing_agent"].append(nid)
+        for phase in ("make", "break", "make"):
+            calls = {nid: a.apply.remote(epoch, desired.get(nid, {}), phase)
+                     for nid, a in self.agents.items()}  # fmt: skip
+            for nid, ref in calls.items():
+                try:
+                    res = ray.get(ref, timeout=self.enforce_timeout_s)
+                except Exception as exc:  # agent restarting or node dying: next round retries
+                    self._event("enforce_failed", nid, {"epoch": epoch, "phase": phase,
+                                                        "error": str(exc)[:300]})  # fmt: skip
+                    continue
+                if res.get("refused"):
+                    summary["refused"] += 1
+                    continue
+                summary["started"] += len(res.get("started", ()))
+                summary["stopped"] += len(res.get("stopped", ()))
+                if phase == "make":
+                    summary["deferred"] += len(res.get("deferred", ()))
+                self.reports[nid] = res["report"]
+        self.enforced_epoch = epoch
+        self._event("enforced", f"epoch {epoch}", summary)
+        return summary
+
+    # -- telemetry ---------------------------------------------------------------------
+    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        self.agent_seen[node_id] = now
+        if meta:
+            self.reports[node_id] = meta
+        if table is None or table.num_rows == 0:
+            return {"ok": True, "rows": 0}
+        with self.lock:
+            fresh = self.ga.ledger.admit(table)
+        if fresh.num_rows:
+            self.log.append("telemetry", fresh)  # durable before the agent acks
+            lag = now - fresh.column("end").to_numpy()
+            self.lag_s.extend(lag.tolist())
+            with self.lock:
+                self.ga.ingest_batch(fresh, admitted=True)
+                self.ingested_rows += fresh.num_rows
+        return {"ok": True, "rows": fresh.num_rows}
+
+    def lag_stats(self, reset: bool = False) -> dict[str, float]:
+        lag = np.asarray(self.lag_s)
+        if reset:
+            self.lag_s.clear()
+        if not len(lag):
+            return {"n": 0, "p50_ms": math.nan, "p99_ms": math.nan}
+        return {"n": len(lag), "p50_ms": float(np.percentile(lag, 50) * 1e3),
+                "p99_ms": float(np.percentile(lag, 99) * 1e3)}  # fmt: skip
+
+    # -- ControlPlane ------------------------------------------------------------------
+    def status(self) -> Any:
+        with self.lock:
+            ga = self.ga
+            plan = ga.plan
+            jobs = []
+            for spec in ga.jobs:
+                fb = ga.feedback_of(spec.name)
+                shares = plan.for_job(spec.name) if plan else ()
+                amount = ga.last.get(spec.name).as_dict(nonzero=True) if ga.last else {}
+                util = (float(utility_from_reward(fb.reward, spec.reward_threshold,
+                                                  spec.utility.scaling))
+                        if not math.isnan(fb.reward) else math.nan)  # fmt: skip
+                met = None
+                if spec.slo is not None and not math.isnan(fb.reward):
+                    met = bool(fb.reward >= spec.reward_threshold - 1e-9)
+                jobs.append(JobStatus(
+                    name=spec.name, kind=str(spec.kind), weight=spec.weight, priority=spec.priority,
+                    allocation=amount, replicas=sum(s.replicas for s in shares),
+                    nodes=tuple(sorted({s.node_id for s in shares})), load_rps=fb.load,
+                    p99_ms=fb.p99_ms, reward=fb.reward, utility=util,
+                    slo_target=spec.slo.target if spec.slo else None, slo_met=met,
+                ))  # fmt: skip
+            usage = plan.node_usage() if plan else {}
+            nodes = []
+            caps = {n.node_id: n for n in ga.nodes}
+            for nid in sorted(set(self.alive) | self.dead_nodes):
+                cap = caps.get(nid)
+                nodes.append(NodeStatus(
+                    node_id=nid, alive=nid in self.alive, draining=nid in ga.draining,
+                    capacity=cap.capacity.as_dict(nonzero=True) if cap else {},
+                    used=usage[nid].as_dict(nonzero=True) if nid in usage else {},
+                    agent_ok=nid in self.agents and time.time() - self.agent_seen.get(nid, 0) < 10,
+                ))  # fmt: skip
+            c = ga.counters
+            return Status(
+                policy=ga.policy.name, shadow=ga.shadow, round=ga.round, epoch=ga.epoch,
+                time=time.time(), next_round_in_s=max(0.0, ga.next_round_at - time.time()),
+                jobs=tuple(jobs), nodes=tuple(nodes), telemetry_windows=c["windows"],
+                lost_windows=c["lost"], log_uri=self.config.log_uri,
+            )  # fmt: skip
+
+    def submit(self, spec: JobSpec) -> None:
+        with self.lock:
+            self.ga.submit(spec)
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            self.ga.remove(name)
+
+    def drain(self, node_id: str) -> None:
+        if node_id not in self.alive:
+            raise KeyError(node_id)
+        with self.lock:
+            self.ga.drain(node_id)
+
+    def explain(self, job: str) -> Explanation:
+        with self.lock:
+            return self.ga.explain(job)
+
+    def policies(self) -> tuple[PolicyInfo, ...]:
+        return list_policies()
+
+    # -- helpers -----------------------------------------------------------------------
+    def endpoints(self, job: str) -> list[str]:
+        """Replica names of ``job`` that the agents report running (for load generators)."""
+        out = []
+        for nid, rep in list(self.reports.items()):
+            if nid not in self.alive:
+                continue
+            out.extend(n for n, i in rep.get("replicas", {}).items() if i.get("job") == job)
+        return sorted(out)
+
+    def _event(self, kind: str, subject: str, detail: dict[str, Any]) -> None:
+        self.events.append({"time": time.time(), "kind": kind, "subject": subject, **detail})
+        try:
+            self.log.append_event(time.time(), kind, subject, detail)
+        except OSError:
+            log.exception("event not logged")
+
+
+@ray.remote(num_cpus=0, max_concurrency=32)
+class Controller:
+    """The Ray actor: a thin wrapper; every method runs on the actor's thread pool."""
+
+    def __init__(self, config: ManagerConfig, options: dict[str, Any] | None = None) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.core = ControllerCore(config, **(options or {}))
+
+    def start(self) -> dict[str, Any]:
+        return self.core.start()
+
+    def shutdown(self) -> int:
+        return self.core.shutdown()
+
+    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any]) -> dict[str, Any]:
+        return self.core.ingest(node_id, table, meta)
+
+    def status(self) -> Status:
+        return self.core.status()
+
+    def submit(self, spec: JobSpec) -> None:
+        self.core.submit(spec)
+
+    def remove(self, name: str) -> None:
+        self.core.remove(name)
+
+    def drain(self, node_id: str) -> None:
+        self.core.drain(node_id)
+
+    def explain(self, job: str) -> Explanation:
+        return self.core.explain(job)
+
+    def policies(self) -> tuple[PolicyInfo, ...]:
+        return self.core.policies()
+
+    def endpoints(self, job: str) -> list[str]:
+        return self.core.endpoints(job)
+
+    def plan(self) -> dict[str, Any] | None:
+        with self.core.lock:
+            return self.core.ga.plan.to_dict() if self.core.ga.plan else None
+
+    def info(self) -> dict[str, Any]:
+        c = self.core
+        with c.lock:
+            counters = c.ga.counters
+            return {
+                "round": c.ga.round, "epoch": c.ga.epoch, "rounds_done": c.rounds_done,
+                "enforced_epoch": c.enforced_epoch, "agents": sorted(c.agents),
+                "alive": sorted(c.alive), "dead": sorted(c.dead_nodes),
+                "counters": counters, "ingested_rows": c.ingested_rows,
+                "last_error": c.last_error, "reports": c.reports,
+                "events": list(c.events)[-50:],
+                "last_decision_ms": c.ga.last_decision.decision_ms if c.ga.last_decision else None,
+            }  # fmt: skip
+
+    def lag_stats(self, reset: bool = False) -> dict[str, float]:
+        return self.core.lag_stats(reset)
+
+    def request_round(self) -> None:
+        with self.core.lock:
+            self.core.ga.request_round("requested")
+
+    def admin_address(self) -> str:
+        return self.core.admin_address

@@ -1,0 +1,114 @@
+"""RayManager: starts the manager on Ray (a private local instance, or any cluster by address).
+
+``start()`` connects to Ray and starts the named Controller actor in the
+manager's namespace (detached on a cluster, so the manager outlives the
+process that started it); the controller starts one NodeAgent per node.
+Every ControlPlane method forwards to the controller, so a RayManager is a
+ControlPlane the CLI and the admin server can use in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from actors.controller import Controller
+from actors.names import CONTROLLER
+from cluster_mgr.control.api import Explanation, PolicyInfo, Status
+from cluster_mgr.model import JobSpec
+from cluster_mgr.settings import ManagerConfig
+
+
+class RayManager:
+    def __init__(
+        self, config: ManagerConfig, controller_options: dict[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.controller_options = controller_options or {}
+        self.controller: Any = None
+        self.admin_address = ""
+        self._owns_ray = False
+
+    @property
+    def local(self) -> bool:
+        return self.config.address == "local"
+
+    def start(self) -> RayManager:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if not ray.is_initialized():
+            if self.local:
+                ray.init(
+                    address="local",
+                    num_cpus=self.config.num_cpus,
+                    object_store_memory=self.config.object_store_mb * 1024**2,
+                    include_dashboard=False,
+                    namespace=self.config.namespace,
+                )
+            else:
+                ray.init(address=self.config.address, namespace=self.config.namespace)
+            self._owns_ray = True
+        self.controller = Controller.options(
+            name=CONTROLLER,
+            namespace=self.config.namespace,
+            get_if_exists=True,  # on a cluster: attach to the running manager
+            lifetime=None if self.local else "detached",
+        ).remote(self.config, self.controller_options)
+        info = ray.get(self.controller.start.remote(), timeout=120)
+        self.admin_address = info.get("admin_address", "")
+        return self
+
+    def stop(self) -> None:
+        """Stop the manager: its replicas, agents and controller; and Ray if we started it."""
+        if self.controller is not None:
+            try:
+                ray.get(self.controller.shutdown.remote(), timeout=180)
+            finally:
+                ray.kill(self.controller, no_restart=True)
+                self.controller = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> RayManager:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- waiting -----------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return ray.get(self.controller.info.remote(), timeout=60)
+
+    def wait_rounds(self, n: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Block until ``n`` more rounds have been decided and enforced (or shadow-logged)."""
+        start = self.info()["rounds_done"]
+        deadline = time.time() + timeout
+        while True:
+            info = self.info()
+            if info["rounds_done"] >= start + n:
+                return info
+            if time.time() > deadline:
+                raise TimeoutError(f"{n} rounds not done within {timeout} s (last: {info})")
+            time.sleep(0.2)  # polling a remote counter, not standing in for work
+
+    # -- ControlPlane ------------------------------------------------------------------
+    def status(self) -> Status:
+        return ray.get(self.controller.status.remote(), timeout=60)
+
+    def submit(self, spec: JobSpec) -> None:
+        ray.get(self.controller.submit.remote(spec), timeout=60)
+
+    def remove(self, name: str) -> None:
+        ray.get(self.controller.remove.remote(name), timeout=60)
+
+    def drain(self, node_id: str) -> None:
+        ray.get(self.controller.drain.remote(node_id), timeout=60)
+
+    def explain(self, job: str) -> Explanation:
+        return ray.get(self.controller.explain.remote(job), timeout=60)
+
+    def policies(self) -> tuple[PolicyInfo, ...]:
+        return ray.get(self.controller.policies.remote(), timeout=60)
