@@ -99,7 +99,11 @@ class _Table:
         # TOML booleans are Python ints: never accept one where a number is expected.
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            want = (
+                "a number"
+                if set(types) == {int, float}
+                else " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            )
             raise self.error(key, f"expected {want}, got {_type_name(value)}")
         return value
 
@@ -408,7 +412,49 @@ def parse_config(
         seen[job.name] = i
         jobs.append(job)
     kwargs["jobs"] = tuple(jobs)
-    return ManagerConfig(**kwargs)
+    config = ManagerConfig(**kwargs)
+    _check_policy_and_learner(where, config)
+    return config
+
+
+def _check_policy_and_learner(where: str, config: ManagerConfig) -> None:
+    """Refuse an unknown policy or learner (or bad options) now, not after Ray started.
+
+    Both registries are pure (no Ray), so building the policy and the learner
+    factory here costs little and checks exactly what the controller will do.
+    """
+    from allocators import registry
+    from learners import LEARNERS, learner_factory
+
+    try:
+        registry.policy_class(config.policy)
+    except ValueError as exc:
+        known = [p.name for p in registry.list_policies()]
+        hint = _with_hint(str(exc), config.policy, known)
+        raise ConfigError(where, "manager.policy", hint) from None
+    try:
+        registry.get_policy(config.policy, **config.policy_options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(where, "manager.policy_options", str(exc)) from None
+    if config.learner not in LEARNERS:
+        raise ConfigError(
+            where,
+            "manager.learner",
+            _with_hint(
+                f"unknown learner {config.learner!r}; known: {', '.join(sorted(LEARNERS))}",
+                config.learner,
+                list(LEARNERS),
+            ),
+        )
+    try:
+        learner_factory(config.learner, **config.learner_options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(where, "manager.learner_options", str(exc)) from None
+
+
+def _with_hint(message: str, got: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(got, known, n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
 
 
 def load_config(path: str | os.PathLike[str]) -> ManagerConfig:
