@@ -379,12 +379,16 @@ class PimDevice:
             served_rps = served / dt
             delay = app.backlog / capacity * 1000.0 if capacity > 0 else math.inf
         pool = Pool(
-            n, s, min(app.load_rps, served_rps) / 1000.0, 0.0 if math.isinf(delay) else delay
+            n,
+            s,
+            min(app.load_rps, served_rps) / 1000.0,
+            0.0 if math.isinf(delay) else delay,
+            proportional=prof.kind == "be",
         )
         completed = int(self.rng.poisson(served_rps * dt)) if served_rps > 0 else 0
         hist = self._sample_hist(pool, completed, prof.kind == "be")
         groups = (
-            self.rng.multinomial(completed, pool_p(n, s)) if completed else np.zeros(len(n), int)
+            self.rng.multinomial(completed, _probs(pool.share_all)) if completed else np.zeros(len(n), int)
         )
         busy = np.array(
             [
@@ -408,7 +412,7 @@ class PimDevice:
             p99_ms=p99,
             mean_ms=pool.mean_ms()
             if prof.kind == "lc"
-            else float(pool.p @ pool.s)
+            else float(pool.share @ pool.s)
             if pool.served
             else math.nan,
             latency_hist=tuple(hist.tolist()),
@@ -431,7 +435,7 @@ class PimDevice:
             return np.zeros(N_LATENCY_BUCKETS, dtype=np.int64)
         if best_effort:
             # Closed loop: a best-effort request's latency is its service time alone.
-            pool = Pool(pool.n, pool.s, 0.0)
+            pool = Pool(pool.n, pool.s, 0.0, proportional=True)
         cdf = 1.0 - pool.tail(LATENCY_BUCKET_EDGES_MS)
         probs = np.diff(cdf)
         probs[0] += cdf[0]
@@ -447,10 +451,10 @@ class PimDevice:
         return app_p99_ms(self.preset, self._apps[name].profile, assignment, load_rps)
 
 
-def pool_p(n: np.ndarray, s: np.ndarray) -> np.ndarray:
-    rates = n / s
-    total = rates.sum()
-    return rates / total if total > 0 else np.full(len(n), 1.0 / len(n))
+def _probs(share: np.ndarray) -> np.ndarray:
+    share = np.clip(np.asarray(share, float), 0.0, None)
+    total = share.sum()
+    return share / total if total > 0 else np.full(len(share), 1.0 / len(share))
 
 
 def service_times_ms(

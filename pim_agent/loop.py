@@ -36,7 +36,7 @@ def measure_of(a: object) -> AppMeasure:
         pim_cores=a.pim_cores, cpu_completions=a.cpu_completions, cpu_busy_s=a.cpu_busy_s,
         pim_completions=a.pim_completions, pim_busy_s=a.pim_busy_s, locality=a.locality,
         page_fractions=a.page_fractions, migration_progress=a.migration_progress,
-        backlog=a.backlog,
+        backlog=a.backlog, latency_hist=tuple(a.latency_hist),
     )  # fmt: skip
 
 

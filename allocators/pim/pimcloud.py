@@ -1,147 +1,207 @@
 """PIMCloud's rule (HPCA '22), as a 100 ms closed-loop controller.
 
-Latency-critical apps first, ranked by their profiled R_i (PIM cores worth one
-big core): the apps that need big cores most get big cores, the lowest-ranked
-get PIM cores, and only the middle-ranked app gets a mix (with two apps, the
-top one). A PIM app's hot pages migrate to its stack. Every interval, once the
-last change has settled, the app closest to (or over) its target gets one more
-core of its type, from the free pool or from the app with the most slack; with
-best-effort apps present an app with large slack gives a core back to the pool.
-A change after which the donor violates is reverted, and that donor is locked
-out of giving for a while.
+R_i is the number of PIM cores worth one big core for app i, so a high R_i
+means the app gains most from big cores. Latency-critical apps are ranked by
+their profiled R_i, highest first, and laid out in that order along one line of
+cores: the big cores first, then the PIM cores (stack by stack). Each app holds
+a contiguous segment of that line, so the highest-ranked apps hold big cores,
+the lowest-ranked hold PIM cores, and only the app whose segment straddles the
+big/PIM boundary (the middle-ranked one) gets a mix. Where that boundary falls
+follows the apps' needs, not a fixed rank: with two apps, the one that gains
+least from big cores takes the big cores the other does not need.
+
+Start: the split of the line that gives every app the same capacity in big-core
+equivalents (a big core counts 1, a PIM core 1 / R_i). Then every interval,
+once the last change has settled (cores 2-3 intervals, pages 3-8), the app
+nearest or over its target takes one core at an end of its segment, from the
+free pool or from the neighbour with slack, preferring the big-core end; with
+best-effort apps present an app with large slack hands one core back to the
+pool (best-effort apps share what LC apps do not hold). A PIM app's hot private
+pages migrate to the stacks of its PIM cores and its shared read-only pages are
+copied when it spans stacks (common.follow_cores). Revert-on-violation: a move
+after which the donor violates, or the receiver got clearly worse, is undone
+and the donor (or the receiver's direction) is locked out for a while.
 """
 
 from __future__ import annotations
 
+import itertools
+
 from allocators.pim.base import PimPolicy, PimState
 from allocators.pim.common import current_pages, finish, follow_cores
 from allocators.pim.snapshot import PimPlan, PimSnapshot
+from cluster_mgr.model import histogram_percentile
 
-UP_RATIO = 0.9
-DONOR_RATIO = 0.7
-RELEASE_RATIO = 0.5
+UP_RATIO = 0.9  # grow when P99 / target is above this
+DONOR_RATIO = 0.7  # a neighbour gives a core only below this
+RELEASE_RATIO = 0.5  # with best-effort apps, give a core back below this
+WORSE = 1.15  # receiver clearly worse after its move: revert
 LOCK_INTERVALS = 20
 MIN_HOLD = 2
+MIN_SAMPLES = 200  # requests pooled before a tail is judged (a P99 needs ~100s of samples)
+MAX_POOL = 10  # ...or at most this many intervals (1 s)
 
 
 class PimCloudRule(PimPolicy):
     name = "pimcloud"
-    description = "R_i-ranked core types, one mixed app, one-core feedback steps, revert"
+    description = "R_i-ranked core line, one mixed app at the boundary, one-core steps, revert"
     source = "PIMCloud (HPCA '22)"
 
-    def _roles(self, snap: PimSnapshot) -> tuple[dict[str, str], dict[str, int]]:
-        lc = sorted(snap.lc, key=lambda a: -(a.r_profiled or 1.0))
-        m = (len(lc) - 1) // 2
-        roles, home = {}, {}
-        next_stack = 0
-        for i, a in enumerate(lc):
-            roles[a.name] = "cpu" if i < m else "mix" if i == m else "pim"
-        for a in reversed(lc):  # PIM apps take stacks first; the mixed app the next one
-            if roles[a.name] != "cpu":
-                home[a.name] = next_stack % snap.capacity.n_stacks
-                next_stack += 1
-        return roles, home
+    # ------------------------------------------------------------------ the core line
 
-    def _initial(self, snap: PimSnapshot, roles: dict[str, str], home: dict[str, int]) -> dict:
+    @staticmethod
+    def _line(snap: PimSnapshot) -> int:
         cap = snap.capacity
-        cpu_apps = [n for n, r in roles.items() if r in ("cpu", "mix")]
-        counts = {n: [0] + [0] * cap.n_stacks for n in roles}
-        for i in range(cap.cpu_cores):
-            if cpu_apps:
-                counts[cpu_apps[i % len(cpu_apps)]][0] += 1
+        return cap.cpu_cores + cap.n_stacks * cap.pim_cores_per_stack
+
+    @staticmethod
+    def _counts(snap: PimSnapshot, lo: int, hi: int) -> tuple[int, tuple[int, ...]]:
+        cap = snap.capacity
+        cpu = max(0, min(hi, cap.cpu_cores) - lo)
+        pim = []
         for s in range(cap.n_stacks):
-            # Only PIM-role apps start on PIM cores; the mixed app spills into them by feedback.
-            homed = [n for n, h in home.items() if h == s and roles[n] == "pim"]
-            for i in range(cap.pim_cores_per_stack):
-                if homed:
-                    counts[homed[i % len(homed)]][1 + s] += 1
-        return counts
+            a = cap.cpu_cores + s * cap.pim_cores_per_stack
+            b = a + cap.pim_cores_per_stack
+            pim.append(max(0, min(hi, b) - max(lo, a)))
+        return cpu, tuple(pim)
+
+    def _equiv(self, snap: PimSnapshot, name: str, lo: int, hi: int) -> float:
+        cpu, pim = self._counts(snap, lo, hi)
+        r = snap.app(name).r_profiled or 1.0
+        return cpu + sum(pim) / max(r, 1e-9)
+
+    def _initial(self, snap: PimSnapshot, order: list[str]) -> list[list[int]]:
+        """Contiguous split of the whole line maximising the smallest big-core equivalent."""
+        n, total = len(order), self._line(snap)
+        best, best_cuts = -1.0, None
+        for cuts in itertools.combinations(range(1, total), n - 1):
+            edges = (0, *cuts, total)
+            v = min(self._equiv(snap, order[i], edges[i], edges[i + 1]) for i in range(n))
+            if v > best + 1e-12:
+                best, best_cuts = v, edges
+        edges = best_cuts or (0, total)
+        return [[edges[i], edges[i + 1]] for i in range(n)]
+
+    # ------------------------------------------------------------------ decisions
 
     def decide(self, snap: PimSnapshot, state: PimState) -> tuple[PimPlan | None, PimState]:
-        if "counts" not in state:
-            roles, home = self._roles(snap)
-            counts = self._initial(snap, roles, home)
-            state = {"roles": roles, "home": home, "counts": counts, "hold": MIN_HOLD,
-                     "last": None, "lock": {}}  # fmt: skip
+        if "seg" not in state:
+            order = [a.name for a in sorted(snap.lc, key=lambda a: -(a.r_profiled or 1.0))]
+            if not order:
+                return (finish(snap, {}) if snap.current is None else None), {"seg": {}}
+            segs = self._initial(snap, order)
+            state = {"order": order, "seg": dict(zip(order, segs, strict=True)),
+                     "hold": MIN_HOLD, "last": None, "lock": {}, "pool": {},
+                     "pooled": 0}  # fmt: skip
             return self._plan(snap, state), state
-        state = {**state, "counts": {k: list(v) for k, v in state["counts"].items()},
+        state = {**state, "seg": {k: list(v) for k, v in state["seg"].items()},
                  "lock": {k: v - 1 for k, v in state["lock"].items() if v > 1}}  # fmt: skip
-        if state["hold"] > 0 or not all(snap.settled(n) for n in state["counts"]):
-            state["hold"] = max(state["hold"] - 1, 0)
+        if not state["seg"]:
             return None, state
-        ratio = {a.name: self._ratio(snap, a.name) for a in snap.lc}
+        if state["hold"] > 0 or not all(snap.settled(n) for n in state["seg"]):
+            state["hold"] = max(state["hold"] - 1, 0)
+            state["pool"] = {}
+            return None, state
+        # The tail is judged on the requests since the last change settled, pooled over
+        # intervals until there are enough of them for a P99.
+        pool = {k: list(v) for k, v in state.get("pool", {}).items()}
+        for a in snap.lc:
+            m = snap.measures.get(a.name)
+            if m is not None and m.latency_hist:
+                h = pool.get(a.name) or [0] * len(m.latency_hist)
+                pool[a.name] = [x + y for x, y in zip(h, m.latency_hist, strict=True)]
+        state["pool"], state["pooled"] = pool, int(state.get("pooled", 0)) + 1
+        few = any(sum(pool.get(a.name, ())) < MIN_SAMPLES for a in snap.lc)
+        if few and state["pooled"] < MAX_POOL:
+            return None, state
+        state["pool"], state["pooled"] = {}, 0
+        ratio = {a.name: self._ratio(snap, a.name, pool.get(a.name)) for a in snap.lc}
         last = state["last"]
-        worse = last is not None and ratio.get(last["receiver"], 0.0) >= 0.98 * last["ratio"]
-        if last is not None and (ratio.get(last["donor"], 0.0) > 1.0 or worse):
-            # Revert-on-violation: taking the core broke the donor.
-            state["counts"] = last["before"]
-            # Lock the donor out of giving, or the receiver out of that core kind.
-            lock = last["donor"] if not worse else f"{last['receiver']}/{last['kind']}"
-            state["lock"][lock] = LOCK_INTERVALS
-            state["last"], state["hold"] = None, MIN_HOLD
-            return self._plan(snap, state), state
+        if last is not None:
+            donor_broke = bool(last["donor"]) and ratio.get(last["donor"], 0.0) > 1.0
+            worse = ratio.get(last["receiver"], 0.0) > WORSE * max(last["ratio"], 1e-9)
+            if donor_broke or worse:
+                state["seg"] = {k: list(v) for k, v in last["before"].items()}
+                lock = last["donor"] if donor_broke else f"{last['receiver']}/{last['side']}"
+                state["lock"][lock] = LOCK_INTERVALS
+                state["last"], state["hold"] = None, MIN_HOLD
+                return self._plan(snap, state), state
         state["last"] = None
         worst = max(ratio, key=ratio.get) if ratio else None
         if worst is not None and ratio[worst] > UP_RATIO and self._grow(snap, state, worst, ratio):
             state["hold"] = MIN_HOLD
             return self._plan(snap, state), state
         if snap.be:
-            calm = [
-                n for n, r in ratio.items() if r < RELEASE_RATIO and sum(state["counts"][n]) > 1
-            ]
+            calm = [n for n, r in ratio.items() if r < RELEASE_RATIO and self._size(state, n) > 1]
             if calm:
                 n = min(calm, key=ratio.get)
-                c = state["counts"][n]
-                k = max(range(len(c)), key=lambda i: c[i])
-                c[k] -= 1
+                seg = state["seg"][n]
+                if state["order"].index(n) == len(state["order"]) - 1:
+                    seg[0] += 1  # the last app's slowest end is as good as any: keep it packed
+                else:
+                    seg[1] -= 1  # give back the end farthest from the big cores
                 state["hold"] = MIN_HOLD
                 return self._plan(snap, state), state
         return None, state
 
-    def _slots(self, snap: PimSnapshot, state: PimState, name: str) -> list[int]:
-        """Core kinds (0 = big, 1+s = PIM on stack s) the app may grow into, in order."""
-        role, cap = state["roles"][name], snap.capacity
-        home = state["home"].get(name, 0)
-        pim = [1 + home] + [1 + s for s in range(cap.n_stacks) if s != home]
-        return {"cpu": [0], "pim": pim, "mix": [0] + pim}[role]
+    @staticmethod
+    def _size(state: PimState, name: str) -> int:
+        lo, hi = state["seg"][name]
+        return hi - lo
 
     def _grow(self, snap: PimSnapshot, state: PimState, name: str, ratio: dict) -> bool:
-        cap = snap.capacity
-        counts = state["counts"]
-        before = {k: list(v) for k, v in counts.items()}
-        slots = [k for k in self._slots(snap, state, name) if f"{name}/{k}" not in state["lock"]]
-        for kind in slots:
-            limit = cap.cpu_cores if kind == 0 else cap.pim_cores_per_stack
-            if sum(c[kind] for c in counts.values()) < limit:
-                counts[name][kind] += 1
-                state["last"] = {"donor": "", "before": before, "receiver": name,
-                                 "kind": kind, "ratio": ratio[name]}  # fmt: skip
-                return True
-        for kind in slots:
-            donors = [
-                n for n, c in counts.items()
-                if n != name and c[kind] > 0 and sum(c) > 1 and ratio.get(n, 0.0) < DONOR_RATIO
-                and n not in state["lock"]
-            ]  # fmt: skip
-            if donors:
-                d = min(donors, key=lambda n: ratio.get(n, 0.0))
-                counts[d][kind] -= 1
-                counts[name][kind] += 1
-                state["last"] = {"donor": d, "before": before, "receiver": name,
-                                 "kind": kind, "ratio": ratio[name]}  # fmt: skip
-                return True
-        return False
+        order, seg = state["order"], state["seg"]
+        i = order.index(name)
+        before = {k: list(v) for k, v in seg.items()}
+        lo, hi = seg[name]
+        below = seg[order[i - 1]][1] if i > 0 else 0  # end of the segment toward the big cores
+        above = seg[order[i + 1]][0] if i + 1 < len(order) else self._line(snap)
+        moves = []  # (prefer, side, donor): the big-core side first
+        for side, free, nb in (("down", lo > below, i - 1), ("up", hi < above, i + 1)):
+            if f"{name}/{side}" in state["lock"]:
+                continue
+            if (side == "down" and lo == 0) or (side == "up" and hi == self._line(snap)):
+                continue
+            if free:
+                moves.append((0, side, ""))
+            elif 0 <= nb < len(order):
+                d = order[nb]
+                if (
+                    self._size(state, d) > 1
+                    and ratio.get(d, 0.0) < DONOR_RATIO
+                    and d not in state["lock"]
+                ):
+                    moves.append((1 + ratio.get(d, 0.0), side, d))
+        if not moves:
+            return False
+        _, side, donor = min(moves, key=lambda m: (m[0], m[1] != "down"))
+        if side == "down":
+            seg[name][0] -= 1
+            if donor:
+                seg[donor][1] -= 1
+        else:
+            seg[name][1] += 1
+            if donor:
+                seg[donor][0] += 1
+        state["last"] = {"donor": donor, "before": before, "receiver": name, "side": side,
+                         "ratio": ratio[name]}  # fmt: skip
+        return True
 
     def _plan(self, snap: PimSnapshot, state: PimState) -> PimPlan:
-        plans = {
-            n: follow_cores(c[0], tuple(c[1:]), current_pages(snap, n))
-            for n, c in state["counts"].items()
-        }
+        plans = {}
+        for n, (lo, hi) in state["seg"].items():
+            cpu, pim = self._counts(snap, lo, hi)
+            plans[n] = follow_cores(cpu, pim, current_pages(snap, n))
         return finish(snap, plans)
 
     @staticmethod
-    def _ratio(snap: PimSnapshot, name: str) -> float:
-        m, slo = snap.measures.get(name), snap.app(name).slo_p99_ms
-        if m is None or slo is None or m.p99_ms != m.p99_ms:
+    def _ratio(snap: PimSnapshot, name: str, hist: list[int] | None) -> float:
+        slo = snap.app(name).slo_p99_ms
+        if slo is None:
+            return 0.0
+        if hist and sum(hist) > 0:
+            return histogram_percentile(hist, 99.0) / slo
+        m = snap.measures.get(name)
+        if m is None or m.p99_ms != m.p99_ms:
             return 0.0
         return m.p99_ms / slo

@@ -59,6 +59,7 @@ class AppMeasure:
     page_fractions: tuple[float, ...]
     migration_progress: float = 1.0
     backlog: float = 0.0
+    latency_hist: tuple[int, ...] = ()  # on cluster_mgr.model.LATENCY_BUCKET_EDGES_MS
 
 
 @dataclass(frozen=True, slots=True)
