@@ -13,8 +13,14 @@ allocator. Each loop tick it
    through the agents in make, break, make phases (make-before-break), or in
    shadow mode only logs it.
 
-Telemetry goes to the RunLog (telemetry table) before ``ingest`` returns, so
-an agent acks windows at the replicas only when they are durable.
+Telemetry: ``ingest`` only de-duplicates (under its own lock, so a running
+round never blocks it), records lag and buffers the rows; a flush thread
+writes one telemetry part per ``flush_s`` (renamed into place), marks the
+pushes in it durable, then merges them into the learners. The reply to each
+push names the agent's last durable push, and the agent acks windows at the
+replicas only up to it: a window is freed at its source only once it is in
+the log. The actor is threaded (``max_concurrency``), so the four agents'
+pushes run side by side instead of queueing behind one another or a round.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from cluster_mgr.control.global_allocator import Decision, GlobalAllocator
 from cluster_mgr.model import JobSpec, NodeInfo, ResourceVector, utility_from_reward
 from cluster_mgr.place import replica_sizes
 from cluster_mgr.settings import ManagerConfig
-from cluster_mgr.store import RunLog
+from cluster_mgr.store import PartBuffer, RunLog
 
 log = logging.getLogger("cluster_mgr.controller")
 
@@ -92,7 +98,7 @@ class ControllerCore:
     """Everything the Controller actor does, without the actor wrapper."""
 
     def __init__(self, config: ManagerConfig, *, tick_s: float = 0.2, agent_options: dict[str, Any] | None = None,
-                 enforce_timeout_s: float = 120.0) -> None:  # fmt: skip
+                 enforce_timeout_s: float = 120.0, flush_s: float = 0.5, flush_rows: int = 200_000) -> None:  # fmt: skip
         self.config = config
         self.clock = SystemClock()
         self.log = RunLog(config.log_uri, writer=f"ctl-{int(time.time())}")
@@ -108,6 +114,16 @@ class ControllerCore:
             window_s=config.telemetry_window_s,
         )
         self.lock = threading.RLock()
+        self.ledger_lock = threading.Lock()
+        self.lag_lock = threading.Lock()
+        # Telemetry: one log part per flush interval (or per flush_rows), written by its own
+        # thread; agents ack at their sources only what a flush made durable.
+        self.telemetry = PartBuffer(self.log, "telemetry")
+        self.flush_s = float(flush_s)
+        self.flush_rows = int(flush_rows)
+        self.durable: dict[str, tuple[str, int]] = {}  # node -> (agent token, last durable push)
+        self.incarnation = self.log.writer  # a new controller: agents re-send what is unacked
+        self._flush_thread: threading.Thread | None = None
         self.tick_s = tick_s
         self.enforce_timeout_s = enforce_timeout_s
         self.agent_options = {"window_s": config.telemetry_window_s,
@@ -139,6 +155,10 @@ class ControllerCore:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="control-loop", daemon=True)
             self._thread.start()
+        if self._flush_thread is None:
+            self._flush_thread = threading.Thread(target=self._flush_loop, name="telemetry-flush",
+                                                  daemon=True)  # fmt: skip
+            self._flush_thread.start()
         return {"restored_windows": restored, "agents": sorted(self.agents),
                 "admin_address": self.admin_address}  # fmt: skip
 
@@ -179,11 +199,15 @@ class ControllerCore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._flush_thread is not None:
+            self._flush_thread.join(timeout=30)
         stopped = 0
         refs = [a.shutdown.remote() for a in self.agents.values()]
         for r in refs:
             with contextlib.suppress(Exception):  # an agent on a dead node has nothing to stop
                 stopped += ray.get(r, timeout=60)
+        with contextlib.suppress(Exception):  # what the agents handed over on the way out
+            self.flush_telemetry()
         for a in self.agents.values():
             ray.kill(a, no_restart=True)
         self.agents.clear()
@@ -231,7 +255,7 @@ class ControllerCore:
             produced = int(info.get("seq", 0)) - 1  # last closed seq at the report
             since = max(0.0, now - float(report.get("time", now)))
             n = max(0, produced - have) + int(since // self.config.telemetry_window_s)
-            with self.lock:
+            with self.ledger_lock:
                 self.ga.ledger.record_lost(name, n)
             total += n
             # its placement group would otherwise wait forever for the dead node
@@ -315,28 +339,67 @@ class ControllerCore:
         return summary
 
     # -- telemetry ---------------------------------------------------------------------
-    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any]) -> dict[str, Any]:
+    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any],
+               push: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Admit an agent's windows and buffer them for the next log part; never waits for a round.
+
+        ``push`` = {"agent": token, "id": k, "sync": bool}: the reply's ``durable`` is the
+        last push id of that agent whose rows are in a renamed-into-place part, and the agent
+        acks windows at their sources only up to it. Without ``push`` (or with ``sync``) the
+        rows are written before returning (the agent's stop path and older callers)."""
         now = time.time()
         self.agent_seen[node_id] = now
         if meta:
             self.reports[node_id] = meta
-        if table is None or table.num_rows == 0:
-            return {"ok": True, "rows": 0}
+        rows = 0
+        fresh = None
+        if table is not None and table.num_rows:
+            with self.ledger_lock:  # not the allocator's lock: a running round does not block ingest
+                fresh = self.ga.ledger.admit(table)
+            rows = fresh.num_rows
+            if rows:
+                lag = now - fresh.column("end").to_numpy()
+                with self.lag_lock:
+                    self.lag_s.extend(lag.tolist())
+        tag = (node_id, str(push["agent"]), int(push["id"])) if push else None
+        buffered = self.telemetry.add(fresh, tag)
+        if push is None or push.get("sync") or buffered >= self.flush_rows:
+            self.flush_telemetry()
+        return {"ok": True, "rows": rows, "incarnation": self.incarnation,
+                "durable": self.durable_push(node_id, push)}  # fmt: skip
+
+    def durable_push(self, node_id: str, push: dict[str, Any] | None) -> int:
+        if not push:
+            return -1
+        agent, k = self.durable.get(node_id, ("", -1))
+        return k if agent == str(push["agent"]) else -1
+
+    def flush_telemetry(self) -> int:
+        """Write the buffered windows as one part, mark their pushes durable, then learn them."""
+        table, tags = self.telemetry.flush()
+        for nid, agent, k in tags:  # pushes from one agent arrive in order (it waits per push)
+            prev_agent, prev = self.durable.get(nid, ("", -1))
+            self.durable[nid] = (agent, max(k, prev) if prev_agent == agent else k)
+        if table is None:
+            return 0
         with self.lock:
-            fresh = self.ga.ledger.admit(table)
-        if fresh.num_rows:
-            self.log.append("telemetry", fresh)  # durable before the agent acks
-            lag = now - fresh.column("end").to_numpy()
-            self.lag_s.extend(lag.tolist())
-            with self.lock:
-                self.ga.ingest_batch(fresh, admitted=True)
-                self.ingested_rows += fresh.num_rows
-        return {"ok": True, "rows": fresh.num_rows}
+            self.ga.ingest_batch(table, admitted=True)
+            self.ingested_rows += table.num_rows
+        return table.num_rows
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            try:
+                self.flush_telemetry()
+            except Exception as exc:  # rows stay buffered and unacked; the next flush retries
+                self.last_error = f"telemetry flush: {type(exc).__name__}: {exc}"
+                log.exception("telemetry flush")
 
     def lag_stats(self, reset: bool = False) -> dict[str, float]:
-        lag = np.asarray(self.lag_s)
-        if reset:
-            self.lag_s.clear()
+        with self.lag_lock:
+            lag = np.asarray(self.lag_s)
+            if reset:
+                self.lag_s.clear()
         if not len(lag):
             return {"n": 0, "p50_ms": math.nan, "p99_ms": math.nan}
         return {"n": len(lag), "p50_ms": float(np.percentile(lag, 50) * 1e3),
@@ -437,8 +500,9 @@ class Controller:
     def shutdown(self) -> int:
         return self.core.shutdown()
 
-    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any]) -> dict[str, Any]:
-        return self.core.ingest(node_id, table, meta)
+    def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any],
+               push: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        return self.core.ingest(node_id, table, meta, push)
 
     def status(self) -> Status:
         return self.core.status()

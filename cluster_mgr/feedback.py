@@ -17,7 +17,7 @@ of windows per second, so no Python object per window on the hot path):
   that fraction, floored at ``SIGMA_FLOOR`` (a window of 10,000 all-good
   requests is not a noise-free measurement of a drifting system).
 
-Pure: numpy and pyarrow, no Ray, no clock, no files.
+Pure: numpy, scipy.sparse and pyarrow, no Ray, no clock, no files.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import sparse
 
 from cluster_mgr.model import (
     LATENCY_BUCKET_EDGES_MS,
@@ -236,10 +237,67 @@ def window_index(start: np.ndarray, end: np.ndarray, window_s: float) -> np.ndar
     return np.floor((np.asarray(start) + np.asarray(end)) / (2.0 * window_s)).astype(np.int64)
 
 
+def _group(job_codes: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of equal (job code, window index): (order, group starts, group of each sorted row,
+    first row of each group in ``order``). One int64 key and one stable argsort; no 2-D unique
+    (``np.unique(axis=0)`` sorts rows as structured data and cost 3x this on 14k-row batches)."""
+    base = idx.min()
+    span = int(idx.max() - base) + 1
+    key = job_codes.astype(np.int64) * span + (idx - base)
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    first = np.ones(len(sk), dtype=bool)
+    first[1:] = sk[1:] != sk[:-1]
+    starts = np.flatnonzero(first)
+    return order, starts, np.cumsum(first) - 1, order[starts]
+
+
+def _reduce(
+    names: np.ndarray,
+    codes: np.ndarray,
+    idx: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    counts: dict[str, np.ndarray],
+    replicas: np.ndarray,
+    hist: np.ndarray,
+) -> JobWindows:
+    """Sum rows per (job, window index): counters add, histograms merge as arrays, CPU quotas add."""
+    order, starts, sorted_group, firsts = _group(codes, idx)
+
+    groups = np.empty(len(order), dtype=np.int64)
+    groups[order] = sorted_group  # each row's group, in the input's row order
+
+    def add(v: np.ndarray) -> np.ndarray:
+        if v.ndim == 1:
+            return np.add.reduceat(v[order], starts)
+        # matrices (histograms): one sparse (groups x rows) indicator product. reduceat along
+        # axis 0 and cumsum walk the matrix column by column (10-30 ms on (14000, 96)); this is about 3 ms
+        ind = sparse.csr_matrix(
+            (np.ones(len(groups), dtype=v.dtype), (groups, np.arange(len(groups)))),
+            shape=(len(starts), len(groups)),
+        )
+        return np.asarray(ind @ v)
+
+    return JobWindows(
+        job=names[codes[firsts]],
+        index=idx[firsts],
+        start=np.minimum.reduceat(start[order], starts),
+        end=np.maximum.reduceat(end[order], starts),
+        **{k: add(v) for k, v in counts.items()},
+        replicas=add(replicas),
+        hist=add(hist),
+    )
+
+
+_COUNT_COLUMNS = ("offered", "completed", "rejected", "timed_out", "within_slo")
+
+
 def aggregate(
     data: pa.Table | pa.RecordBatch | Sequence[TelemetryWindow],
     window_s: float = TELEMETRY_WINDOW_S,
 ) -> JobWindows:
+    """Per (job, telemetry window) sums of replica windows, columnar end to end."""
     table = as_table(data)
     n = table.num_rows
     if n == 0:
@@ -249,39 +307,26 @@ def aggregate(
     names = np.array(job.dictionary.to_pylist(), dtype=object)
     start = table.column("start").to_numpy()
     end = table.column("end").to_numpy()
-    idx = window_index(start, end, window_s)
-    keys = np.stack([codes, idx], axis=1)
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    m = len(uniq)
 
-    def col_sum(name: str, dtype: type = np.int64) -> np.ndarray:
-        v = np.nan_to_num(table.column(name).to_numpy(zero_copy_only=False).astype(float))
-        return np.bincount(inv, weights=v, minlength=m).astype(dtype)
+    def col(name: str, dtype: type = np.int64) -> np.ndarray:
+        # nulls (a field a source does not report) count as zero
+        return pc.fill_null(table.column(name), 0).to_numpy().astype(dtype, copy=False)
 
-    order = np.argsort(inv, kind="stable")
-    first = _starts(inv, m)
-    hist = np.add.reduceat(hist_matrix(table)[order], first, axis=0)
-    return JobWindows(
-        job=names[uniq[:, 0]],
-        index=uniq[:, 1],
-        start=np.minimum.reduceat(start[order], first),
-        end=np.maximum.reduceat(end[order], first),
-        offered=col_sum("offered"),
-        completed=col_sum("completed"),
-        rejected=col_sum("rejected"),
-        timed_out=col_sum("timed_out"),
-        within_slo=col_sum("within_slo"),
-        cpu_quota=col_sum("cpu_quota", float),
-        replicas=np.bincount(inv, minlength=m).astype(np.int64),
-        hist=hist,
-    )
+    counts = {c: col(c) for c in _COUNT_COLUMNS}
+    counts["cpu_quota"] = np.nan_to_num(col("cpu_quota", float))
+    return _reduce(names, codes, window_index(start, end, window_s), start, end, counts,
+                   np.ones(n, dtype=np.int64), hist_matrix(table))  # fmt: skip
 
 
-def _starts(inv: np.ndarray, m: int) -> np.ndarray:
-    """Start offsets of each group in ``inv`` sorted (every group has at least one row)."""
-    counts = np.bincount(inv, minlength=m)
-    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+def merge_job_windows(parts: Sequence[JobWindows]) -> JobWindows:
+    """Partial aggregates (say, one per ingested batch) summed per (job, window index)."""
+    jw = concat_job_windows(parts)
+    if len(jw) == 0:
+        return jw
+    names, codes = np.unique(jw.job.astype(str), return_inverse=True)
+    counts = {c: getattr(jw, c) for c in (*_COUNT_COLUMNS, "cpu_quota")}
+    return _reduce(names.astype(object), codes.reshape(-1), jw.index, jw.start, jw.end, counts,
+                   jw.replicas, jw.hist)  # fmt: skip
 
 
 def concat_job_windows(parts: Sequence[JobWindows]) -> JobWindows:

@@ -59,6 +59,18 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# Telemetry parts: zstd (4x smaller than the default snappy on histograms, same speed),
+# dictionaries only for the repetitive string columns, no statistics on the histogram
+# list column (its min/max say nothing). Readers need no options.
+_WRITE_OPTIONS: dict[str, dict[str, Any]] = {
+    "telemetry": {
+        "compression": "zstd",
+        "use_dictionary": ["job", "node_id", "replica"],
+        "write_statistics": ["job", "node_id", "replica", "seq", "start", "end"],
+    },
+}
+
+
 class RunLog:
     """Append-only, crash-safe log of one run (or one manager deployment).
 
@@ -98,7 +110,7 @@ class RunLog:
         final = f"{self._root}/{table}/{name}"
         tmp = f"{self._root}/{table}/.{name}.tmp"
         with self._fs.open_output_stream(tmp) as out:
-            pq.write_table(t.cast(schema), out)
+            pq.write_table(t.cast(schema), out, **_WRITE_OPTIONS.get(table, {}))
         self._fs.move(tmp, final)  # atomic on local and POSIX-like filesystems
         return final
 
@@ -146,6 +158,66 @@ class RunLog:
             for key in ("allocation", "plan", "policy_state"):
                 r[key] = json.loads(r[key]) if r[key] else None
         return sorted(rows, key=lambda r: (r["epoch"], r["round"]))
+
+
+class PartBuffer:
+    """Rows for one log table held in memory and written as one part per ``flush``.
+
+    Writing a Parquet part per NodeAgent push cost ~110 ms per 14,000-row push on
+    the controller's thread; one part per flush interval writes the same rows in
+    fewer, larger parts, off the ingest path. Crash safety moves to the protocol:
+    each ``add`` carries a tag (the controller uses (node, agent, push id)), and
+    ``flush`` returns the tags whose rows it made durable, so the sender frees its
+    copies only then (windows stay at their sources until acked). A crash before
+    a flush loses only rows whose senders still hold them.
+    """
+
+    def __init__(self, log: RunLog, table: str) -> None:
+        if table not in SCHEMAS:
+            raise ValueError(f"unknown log table {table!r}; expected one of {sorted(SCHEMAS)}")
+        self.log = log
+        self.table = table
+        self._lock = threading.Lock()  # guards the buffer
+        self._write_lock = threading.Lock()  # one flush at a time: parts keep arrival order
+        self._data: list[pa.Table] = []
+        self._tags: list[Any] = []
+        self._rows = 0
+        self.parts_written = 0
+        self.rows_written = 0
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def add(self, data: pa.Table | pa.RecordBatch | None, tag: Any = None) -> int:
+        """Buffer ``data`` (may be empty: the tag still becomes durable at the next flush)."""
+        with self._lock:
+            if data is not None and data.num_rows:
+                self._data.append(data if isinstance(data, pa.Table) else pa.Table.from_batches([data]))
+                self._rows += data.num_rows
+            if tag is not None:
+                self._tags.append(tag)
+            return self._rows
+
+    def flush(self) -> tuple[pa.Table | None, list[Any]]:
+        """Write everything buffered as one part (renamed into place); returns (rows, tags)."""
+        with self._write_lock:
+            with self._lock:
+                data, tags = self._data, self._tags
+                self._data, self._tags, self._rows = [], [], 0
+            if not data:
+                return None, tags
+            t = pa.concat_tables(data) if len(data) > 1 else data[0]
+            try:
+                self.log.append(self.table, t)
+            except BaseException:
+                with self._lock:  # not durable: keep it (and its tags) for the next flush
+                    self._data, self._tags = data + self._data, tags + self._tags
+                    self._rows += t.num_rows
+                raise
+            self.parts_written += 1
+            self.rows_written += t.num_rows
+            return t, tags
 
 
 def _json_default(obj: Any) -> Any:

@@ -191,9 +191,12 @@ def test_ingest_settles_after_grace_and_feeds_learners(tmp_path) -> None:  # typ
     assert isinstance(learner, CountingLearner) and learner.values == [pytest.approx(0.5)]
     assert ga.feedback_of("a").cpu == pytest.approx(3.0)
     assert ga.feedback_of("a").load == pytest.approx(100.0)
-    # a straggler for a window already learned is counted late, not learned twice
-    ga.ingest([win("a", "a-2", 0, 100.0, [1.0] * 5)])
-    assert ga.counters["late"] == 1 and learner.values == [pytest.approx(0.5)]
+    # a straggler for a window already learned is counted late and learned as its own
+    # observation (never dropped, never merged into the one already learned)
+    ga.ingest([win("a", "a-2", 0, 100.0, [1.0] * 5), win("a", "a-3", 0, 100.0, [20.0] * 5)])
+    assert ga.counters["late"] == 2 and ga.counters["observations"] == 2
+    assert learner.values == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert ga.feedback_of("a").load == pytest.approx(100.0)  # the latest window still rules
 
 
 def test_observe_vectorized_path(tmp_path) -> None:  # type: ignore[no-untyped-def]

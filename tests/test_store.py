@@ -46,3 +46,38 @@ def test_decisions_round_trip_and_bad_tables_are_refused(tmp_path) -> None:
         log.append("nope", windows_to_batch([_window(0)]))
     with pytest.raises(ValueError, match="schema"):
         log.append("decisions", windows_to_batch([_window(0)]))
+
+
+def test_part_buffer_writes_one_part_per_flush_and_reports_durable_tags(tmp_path) -> None:
+    from cluster_mgr.store import PartBuffer
+
+    log = RunLog(str(tmp_path / "log"), writer="w1")
+    buf = PartBuffer(log, "telemetry")
+    buf.add(windows_to_batch([_window(0)]), tag=("n1", "agent", 1))
+    buf.add(None, tag=("n2", "agent", 7))  # an empty push still becomes durable with the part
+    buf.add(windows_to_batch([_window(1), _window(2)]), tag=("n1", "agent", 2))
+    assert log.read("telemetry").num_rows == 0  # buffered, not yet in the log
+    table, tags = buf.flush()
+    assert table is not None and table.num_rows == 3 and len(log.parts("telemetry")) == 1
+    assert tags == [("n1", "agent", 1), ("n2", "agent", 7), ("n1", "agent", 2)]
+    assert buf.flush() == (None, []) and len(log.parts("telemetry")) == 1
+
+
+def test_part_buffer_keeps_rows_when_a_write_fails(tmp_path, monkeypatch) -> None:
+    from cluster_mgr.store import PartBuffer
+
+    log = RunLog(str(tmp_path / "log"), writer="w1")
+    buf = PartBuffer(log, "telemetry")
+    buf.add(windows_to_batch([_window(0)]), tag=1)
+
+    def broken(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(log, "append", broken)
+    with pytest.raises(OSError):
+        buf.flush()
+    monkeypatch.undo()
+    buf.add(windows_to_batch([_window(1)]), tag=2)
+    table, tags = buf.flush()
+    assert table is not None and table.num_rows == 2 and tags == [1, 2]
+    assert [r["seq"] for r in log.read("telemetry").to_pylist()] == [0, 1]

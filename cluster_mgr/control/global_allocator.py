@@ -42,7 +42,7 @@ from cluster_mgr.feedback import (
     as_table,
     concat_job_windows,
     feedback,
-    window_index,
+    merge_job_windows,
 )
 from cluster_mgr.model import (
     SLO,
@@ -202,7 +202,8 @@ class GlobalAllocator:
         self._forecaster_factory = forecaster_factory
         self._forecasters: dict[str, Forecaster] = {}
         self.ledger = TelemetryLedger()
-        self._pending: list[pa.Table] = []
+        # telemetry window index -> partial per-job sums not yet final (see ingest_batch)
+        self._pending: dict[int, list[JobWindows]] = {}
         self._final_before = -(2**62)  # windows with an index below this are final
         self._last_fb: dict[str, JobFeedback] = {}
         self._counters = _Counters()
@@ -276,19 +277,25 @@ class GlobalAllocator:
         """Admit replica windows (dropping ones seen before); returns how many were new.
 
         ``admitted=True``: the caller already passed ``data`` through ``self.ledger``
-        (the Ray controller does, to log only new windows)."""
+        (the Ray controller does, to log only new windows).
+
+        The batch is reduced at once to partial per-(job, window) sums (``aggregate``), so
+        pending windows hold a few arrays per job, not the raw rows (which, under Ray, are
+        views of object-store buffers: holding them for ``grace_s`` pinned the store). A
+        window that arrives after its telemetry window was settled is late: it is still
+        learned, as its own observation, and counted (``counters["late"]``)."""
         table = as_table(data) if admitted else self.ledger.admit(as_table(data))
         n = table.num_rows
         if n:
-            idx = window_index(table.column("start").to_numpy(), table.column("end").to_numpy(),
-                               self.window_s)  # fmt: skip
-            late = idx < self._final_before
-            if late.any():  # its window was already merged and learned: keep it out of learning
-                self._counters.late += int(late.sum())
-                table = table.filter(pa.array(~late))
             self._counters.windows += n
-            if table.num_rows:
-                self._pending.append(table)
+            jw = aggregate(table, self.window_s)
+            late = jw.index < self._final_before
+            if late.any():
+                self._counters.late += int(jw.replicas[late].sum())
+                self._learn_windows(jw.select(late))
+                jw = jw.select(~late)
+            for k in np.unique(jw.index).tolist():
+                self._pending.setdefault(int(k), []).append(jw.select(jw.index == k))
         self.settle()
         return n
 
@@ -296,21 +303,11 @@ class GlobalAllocator:
         """Merge and learn every pending telemetry window that is final; returns how many."""
         now = self.clock.now() if now is None else now
         cutoff = int(math.floor((now - self.grace_s) / self.window_s))
-        if cutoff <= self._final_before and not self._pending:
-            return 0
         self._final_before = max(self._final_before, cutoff)
-        if not self._pending:
+        final = [k for k in self._pending if k < self._final_before]
+        if not final:
             return 0
-        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-        idx = window_index(table.column("start").to_numpy(), table.column("end").to_numpy(),
-                           self.window_s)  # fmt: skip
-        final = idx < self._final_before
-        if not final.any():
-            self._pending = [table]
-            return 0
-        rest = table.filter(pa.array(~final))
-        self._pending = [rest] if rest.num_rows else []
-        jw = aggregate(table.filter(pa.array(final)), self.window_s)
+        jw = merge_job_windows([p for k in sorted(final) for p in self._pending.pop(k)])
         self._learn_windows(jw)
         return len(jw)
 
@@ -365,8 +362,8 @@ class GlobalAllocator:
             fb = self._last_fb.get(j)
             if fb is None:
                 fb = self._last_fb[j] = JobFeedback()
-            if not (float(times[i]) >= fb.time) and not math.isnan(fb.time):
-                continue  # an older window arriving late does not overwrite the latest
+            if not (float(times[i]) > fb.time) and not math.isnan(fb.time):
+                continue  # a late window (older, or a straggler of the latest) does not overwrite it
             fb.time, fb.load, fb.reward, fb.cpu = (
                 float(times[i]),
                 float(load[i]),
