@@ -26,8 +26,9 @@ its state from ``Snapshot.time``, since ``decide`` runs once per controller step
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from cluster_mgr.model import (
@@ -71,9 +72,10 @@ class Snapshot:
     epoch: int = 0
     signals: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def capacity(self) -> ResourceVector:
-        return ResourceVector.total(n.capacity for n in self.nodes if n.schedulable)
+        # Cached: the snapshot is frozen, and summing 1,000 nodes' vectors is not free.
+        return sum_vectors(n.capacity for n in self.nodes if n.schedulable)
 
     def job(self, name: str) -> JobSpec:
         for j in self.jobs:
@@ -112,9 +114,18 @@ class Policy(ABC):
         """Return the allocation for this round and the state to keep for the next."""
 
 
+def sum_vectors(vectors: Iterable[ResourceVector]) -> ResourceVector:
+    """Sum of resource vectors in one pass (ResourceVector.total builds one vector per step)."""
+    acc: dict[str, float] = {}
+    for v in vectors:
+        for k, x in v.as_dict(nonzero=True).items():
+            acc[k] = acc.get(k, 0.0) + x
+    return ResourceVector.from_dict(acc) if acc else ZERO
+
+
 def check_feasible(snapshot: Snapshot, kinds: tuple[str, ...] | None = None) -> None:
     """Raise InfeasibleError when the sum of minimums exceeds capacity on some kind."""
-    need = ResourceVector.total(j.minimum for j in snapshot.jobs)
+    need = sum_vectors(j.minimum for j in snapshot.jobs)
     over = need.over(snapshot.capacity)
     if kinds is not None:
         over = {k: v for k, v in over.items() if k in kinds}

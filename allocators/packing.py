@@ -2,7 +2,7 @@
 
 Pure. A job's amount may be split over several nodes (its replicas are
 independent; each node share becomes ``ceil(cpu / replica_cpus)`` replicas
-that divide the share evenly). Shares the job already had stay where they were
+that divide the share evenly; PIM cores are split in whole cores). Shares the job already had stay where they were
 while they fit (fewest moves). The rest goes, most constrained job first, to
 the node that takes it whole with the least room left (best fit), else to the
 node with the most room, in pieces of at least one CPU quantum. An allocation
@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from cluster_mgr.model import (
     CPU_QUANTUM,
@@ -51,78 +53,116 @@ def pack(
 ) -> PackResult:
     spec = {j.name: j for j in jobs}
     usable = [n for n in nodes if n.schedulable]
-    free: dict[str, ResourceVector] = {n.node_id: n.capacity for n in usable}
-    order = {n.node_id: i for i, n in enumerate(usable)}
-    before: dict[str, dict[str, float]] = {}
+    index = {n.node_id: i for i, n in enumerate(usable)}
+    kinds = sorted(
+        {k for n in usable for k in n.capacity.as_dict(nonzero=True)}
+        | {k for a in allocation.amounts.values() for k in a.as_dict(nonzero=True)}
+    )
+    kpos = {k: i for i, k in enumerate(kinds)}
+    # Free capacity as one (nodes, kinds) array: 1,000 jobs x 1,000 nodes stays in milliseconds.
+    # Kinds as rows, so one kind's free capacity over all nodes is a contiguous array.
+    free = np.array([[n.capacity.get(k) for n in usable] for k in kinds], dtype=float).reshape(
+        len(kinds), len(usable)
+    )
+    before: dict[str, dict[int, float]] = {}
     for s in previous:
-        before.setdefault(s.job, {})[s.node_id] = s.resources.cpu
+        if s.node_id in index:
+            before.setdefault(s.job, {})[index[s.node_id]] = s.resources.cpu
 
+    every = np.arange(len(usable))
     todo = []
     for name, amount in allocation.amounts.items():
         if name not in spec:
             raise PackingError(f"allocation names unknown job {name!r}")
-        if any(v < -1e-9 for v in amount.as_dict().values()):
-            raise PackingError(f"job {name!r}: negative amount {amount.as_dict(nonzero=True)}")
-        if all(v <= 1e-9 for v in amount.as_dict().values()):
+        d = amount.as_dict(nonzero=True)
+        if any(v < -1e-9 for v in d.values()):
+            raise PackingError(f"job {name!r}: negative amount {d}")
+        if all(v <= 1e-9 for v in d.values()):
             continue
         job = spec[name]
-        allowed = [n.node_id for n in usable if not job.pins or n.node_id in job.pins]
-        if not allowed:
+        if job.pins:
+            allowed = np.array(sorted(index[p] for p in set(job.pins) if p in index), dtype=int)
+        else:
+            allowed = every
+        if allowed.size == 0:
             raise PackingError(f"job {name!r}: no schedulable node among its pins {list(job.pins)}")
-        todo.append((len(allowed), -amount.cpu, name, amount, allowed))
+        vec = np.zeros(len(kinds))
+        for k, v in d.items():
+            vec[kpos[k]] = max(v, 0.0)
+        todo.append((allowed.size, -amount.cpu, name, amount, allowed, vec))
     todo.sort(key=lambda t: t[:3])  # most constrained first, then biggest, then by name
 
-    placed: dict[tuple[str, str], float] = {}  # (job, node) -> fraction of the job's amount
+    placed: dict[tuple[str, int], float] = {}  # (job, node index) -> fraction of the job's amount
     moves = 0
-    for _, _, name, amount, allowed in todo:
+    for _, _, name, amount, allowed, vec in todo:
+        need = vec > 1e-12
         left = 1.0
         # 1) keep what was there (fewest moves)
         prev = before.get(name, {})
-        for node_id in sorted((n for n in allowed if prev.get(n, 0) > 0), key=lambda n: order[n]):
-            want = min(left, prev[node_id] / amount.cpu) if amount.cpu > 0 else left
-            take = _quantized(min(want, _room(free[node_id], amount)), amount, left)
+        allowed_set = set(allowed.tolist()) if prev else set()
+        for node in sorted(n for n in prev if prev[n] > 0 and n in allowed_set):
+            want = min(left, prev[node] / amount.cpu) if amount.cpu > 0 else left
+            room = float(_rooms(free[:, node : node + 1], vec, need)[0])
+            take = _quantized(min(want, room), amount, left)
             if take > 0:
-                left = _put(name, node_id, take, amount, free, placed, left)
+                left = _put(name, node, take, vec, free, placed, left)
         # 2) the rest: best fit for the whole remainder, else the roomiest node, piece by piece
         while left > 1e-9:
-            whole = [n for n in allowed if _room(free[n], amount) >= left - 1e-9]
-            if whole:
-                node_id = min(whole, key=lambda n: (_room(free[n], amount), order[n]))
-                take = left
+            rooms = _rooms(free if allowed is every else free[:, allowed], vec, need)
+            whole = np.flatnonzero(rooms >= left - 1e-9)
+            if whole.size:
+                pos = int(whole[np.argmin(rooms[whole])])  # first of the tightest fits
+                node, take = int(allowed[pos]), left
             else:
-                node_id = max(allowed, key=lambda n: (_room(free[n], amount), -order[n]))
-                take = _quantized(_room(free[node_id], amount), amount, left)
+                pos = int(np.argmax(rooms))  # first of the roomiest
+                node = int(allowed[pos])
+                take = _quantized(float(rooms[pos]), amount, left)
                 if take <= 0:
-                    need = amount.scale(left)
                     raise PackingError(
-                        f"job {name!r}: {_fmt(need)} of its {_fmt(amount)} fits on no allowed node "
-                        f"(most room: {node_id} with {_fmt(free[node_id])})"
+                        f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
+                        f"no allowed node (most room: {usable[node].node_id} with "
+                        f"{_fmt(_vector(kinds, free[:, node]))})"
                     )
-            if placed.get((name, node_id), 0.0) == 0.0 and prev.get(node_id, 0.0) == 0.0:
+            if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
-            left = _put(name, node_id, take, amount, free, placed, left)
+            left = _put(name, node, take, vec, free, placed, left)
 
-    amounts = {name: amount for _, _, name, amount, _ in todo}
+    amounts = {t[2]: t[3] for t in todo}
     shares = []
-    for (name, node_id), frac in sorted(placed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        res = amounts[name].scale(frac)
+    for (name, node), frac in sorted(
+        placed.items(), key=lambda kv: (usable[kv[0][1]].node_id, kv[0][0])
+    ):
+        res = amounts[name] if frac >= 1.0 - 1e-12 else amounts[name].scale(frac)
         shares.append(
-            NodeShare(node_id, name, replica_count(res.cpu, spec[name].replica_cpus) or 1, res)
+            NodeShare(
+                usable[node].node_id,
+                name,
+                replica_count(res.cpu, spec[name].replica_cpus) or 1,
+                res,
+            )
         )
     return PackResult(shares=tuple(shares), moves=moves)
 
 
-def _room(free: ResourceVector, amount: ResourceVector) -> float:
-    """The largest fraction of ``amount`` that fits in ``free`` (on every kind)."""
-    fr = free.as_dict()
-    ratios = [max(fr.get(k, 0.0), 0.0) / v for k, v in amount.as_dict().items() if v > 1e-12]
-    return min(ratios) if ratios else float("inf")
+def _rooms(free: np.ndarray, vec: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Per node, the largest fraction of ``vec`` that fits in ``free`` (kinds x nodes), on every kind."""
+    out: np.ndarray | None = None
+    for k in np.flatnonzero(need):
+        r = np.maximum(free[k], 0.0) / vec[k]
+        out = r if out is None else np.minimum(out, r)
+    return out if out is not None else np.full(free.shape[1], np.inf)
+
+
+def _vector(kinds: Sequence[str], values: np.ndarray) -> ResourceVector:
+    return ResourceVector.from_dict(dict(zip(kinds, (float(v) for v in values), strict=True)))
 
 
 def _quantized(frac: float, amount: ResourceVector, left: float) -> float:
-    """A piece of at most ``frac``, whole or a multiple of the CPU quantum (never a sliver)."""
+    """A piece of at most ``frac``: whole, else whole PIM cores, else CPU quanta (never a sliver)."""
     if frac >= left - 1e-9:
         return left
+    if amount.pim_cores > 0:  # PIM cores are integral per node (they sit on its stacks)
+        return math.floor(frac * amount.pim_cores + 1e-9) / amount.pim_cores
     if amount.cpu <= 0:
         return frac
     cpu = math.floor(frac * amount.cpu / CPU_QUANTUM + 1e-9) * CPU_QUANTUM
@@ -131,15 +171,15 @@ def _quantized(frac: float, amount: ResourceVector, left: float) -> float:
 
 def _put(
     name: str,
-    node_id: str,
+    node: int,
     frac: float,
-    amount: ResourceVector,
-    free: dict[str, ResourceVector],
-    placed: dict[tuple[str, str], float],
+    vec: np.ndarray,
+    free: np.ndarray,
+    placed: dict[tuple[str, int], float],
     left: float,
 ) -> float:
-    free[node_id] = free[node_id] - amount.scale(frac)
-    placed[(name, node_id)] = placed.get((name, node_id), 0.0) + frac
+    free[:, node] -= vec * frac
+    placed[(name, node)] = placed.get((name, node), 0.0) + frac
     return max(left - frac, 0.0)
 
 

@@ -62,7 +62,9 @@ def backend_processes() -> Iterator[dict[str, list[Addr]]]:
             for i in range(n):
                 p = subprocess.Popen(
                     [sys.executable, "-m", "dpu_agent.service", "--name", f"{svc}-{i}"],
-                    stdout=subprocess.PIPE, text=True, start_new_session=True,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
                 )
                 procs.append(p)
                 assert p.stdout is not None
@@ -136,7 +138,9 @@ def mode_none(backends: dict[str, list[Addr]], a: argparse.Namespace) -> Result:
     def target(i: int) -> Callable[[str], MeshHttpClient]:
         return lambda svc: MeshHttpClient("{}:{}".format(*backends[svc][i % len(backends[svc])]))
 
-    lat, ok, tot, wall = run_load([target(i) for i in range(a.callers)], a.requests, a.warmup, a.seed)
+    lat, ok, tot, wall = run_load(
+        [target(i) for i in range(a.callers)], a.requests, a.warmup, a.seed
+    )
     return Result(lat, ok, tot, wall, 0.0, 0.0, 0.0, 0)
 
 
@@ -158,7 +162,9 @@ def mode_sidecar(backends: dict[str, list[Addr]], a: argparse.Namespace) -> Resu
                 envoys.append(e)
                 assert e.apply(inbound_resources(svc, addr), "1").ok
                 sidecar_of[addr] = ("127.0.0.1", e.listener_port)
-        out_res = outbound_resources(mesh_configs(node_shares(), endpoints(backends))["n1"], sidecar_of)
+        out_res = outbound_resources(
+            mesh_configs(node_shares(), endpoints(backends))["n1"], sidecar_of
+        )
         outbound = []
         for i in range(a.callers):
             e = EnvoyProcess.start(f"sidecar-out-{i}")
@@ -168,7 +174,9 @@ def mode_sidecar(backends: dict[str, list[Addr]], a: argparse.Namespace) -> Resu
         c0 = cpu(envoys)
         lat, ok, tot, wall = run_load(
             [(lambda svc, e=e: MeshHttpClient(e.listener)) for e in outbound],
-            a.requests, a.warmup, a.seed,
+            a.requests,
+            a.warmup,
+            a.seed,
         )
         used = cpu(envoys) - c0  # includes warm-up: same for both modes
         return Result(lat, ok, tot, wall, used, 0.0, used, len(envoys))
@@ -195,7 +203,9 @@ def mode_dpu(backends: dict[str, list[Addr]], a: argparse.Namespace) -> Result:
         proxy = agents[0].envoy
         lat, ok, tot, wall = run_load(
             [(lambda svc: MeshHttpClient(proxy.listener)) for _ in range(a.callers)],
-            a.requests, a.warmup, a.seed,
+            a.requests,
+            a.warmup,
+            a.seed,
         )
         used = cpu(envoys) - c0
         # The node proxies run on the DPUs: their work is charged to the Arm cores.
@@ -226,8 +236,18 @@ def main() -> int:
     b50, b99 = np.percentile(base.latencies_ms, [50, 99])
     summary: dict[str, dict[str, float]] = {}
     table = Table(title=f"mesh modes: {a.callers} callers x {a.requests} requests, mix {dict(MIX)}")
-    for col in ("mode", "proxies", "p50 ms", "p99 ms", "added p50", "added p99", "goodput rps",
-                "host CPU s", "DPU CPU s", "proxy CPU s (x86)"):
+    for col in (
+        "mode",
+        "proxies",
+        "p50 ms",
+        "p99 ms",
+        "added p50",
+        "added p99",
+        "goodput rps",
+        "host CPU s",
+        "DPU CPU s",
+        "proxy CPU s (x86)",
+    ):
         table.add_column(col, justify="right")
     for name, r in results.items():
         p50, p99 = np.percentile(r.latencies_ms, [50, 99])
@@ -241,9 +261,18 @@ def main() -> int:
             "p50_ms": round(float(p50), 4),
             "p99_ms": round(float(p99), 4),
         }
-        table.add_row(name, str(r.proxies), f"{p50:.3f}", f"{p99:.3f}", f"{row['added_p50_ms']:.3f}",
-                      f"{row['added_p99_ms']:.3f}", f"{row['goodput_rps']:.0f}",
-                      f"{r.host_cpu_s:.3f}", f"{r.dpu_cpu_s:.3f}", f"{r.proxy_cpu_s:.3f}")
+        table.add_row(
+            name,
+            str(r.proxies),
+            f"{p50:.3f}",
+            f"{p99:.3f}",
+            f"{row['added_p50_ms']:.3f}",
+            f"{row['added_p99_ms']:.3f}",
+            f"{row['goodput_rps']:.0f}",
+            f"{r.host_cpu_s:.3f}",
+            f"{r.dpu_cpu_s:.3f}",
+            f"{r.proxy_cpu_s:.3f}",
+        )
         if name != "none":
             summary[name] = row
     Console(width=150).print(table)
@@ -251,13 +280,21 @@ def main() -> int:
     out = {
         "sidecar": sc,
         "dpu": dp,
-        "none": {"p50_ms": round(float(b50), 4), "p99_ms": round(float(b99), 4),
-                 "goodput_rps": round(base.ok / base.wall_s, 1)},
-        "host_cpu_ratio": round(dp["host_cpu_s"] / sc["host_cpu_s"], 4) if sc["host_cpu_s"] else None,
-        "added_p99_ratio": (round(dp["added_p99_ms"] / sc["added_p99_ms"], 4)
-                            if sc["added_p99_ms"] > 0 else None),
+        "none": {
+            "p50_ms": round(float(b50), 4),
+            "p99_ms": round(float(b99), 4),
+            "goodput_rps": round(base.ok / base.wall_s, 1),
+        },
+        "host_cpu_ratio": round(dp["host_cpu_s"] / sc["host_cpu_s"], 4)
+        if sc["host_cpu_s"]
+        else None,
+        "added_p99_ratio": (
+            round(dp["added_p99_ms"] / sc["added_p99_ms"], 4) if sc["added_p99_ms"] > 0 else None
+        ),
         # Not a target: all proxy CPU measured on this x86 host, DPU mode over sidecar mode.
-        "proxy_cpu_ratio": round(dp["proxy_cpu_s"] / sc["proxy_cpu_s"], 4) if sc["proxy_cpu_s"] else None,
+        "proxy_cpu_ratio": round(dp["proxy_cpu_s"] / sc["proxy_cpu_s"], 4)
+        if sc["proxy_cpu_s"]
+        else None,
         "preset": a.preset,
         "requests": a.callers * a.requests,
     }
