@@ -13,6 +13,7 @@ error, not a plan.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from cluster_mgr.model import (
     CPU_QUANTUM,
+    RESOURCE_KINDS,
     ZERO,
     Allocation,
     JobSpec,
@@ -54,9 +56,10 @@ def pack(
     spec = {j.name: j for j in jobs}
     usable = [n for n in nodes if n.schedulable]
     index = {n.node_id: i for i, n in enumerate(usable)}
+    vectors = [n.capacity for n in usable] + list(allocation.amounts.values())
     kinds = sorted(
-        {k for n in usable for k in n.capacity.as_dict(nonzero=True)}
-        | {k for a in allocation.amounts.values() for k in a.as_dict(nonzero=True)}
+        {k for k in RESOURCE_KINDS if any(getattr(v, k) != 0.0 for v in vectors)}
+        | {k for v in vectors if v.custom for k, x in v.custom if x != 0.0}
     )
     kpos = {k: i for i, k in enumerate(kinds)}
     # Free capacity as one (nodes, kinds) array: 1,000 jobs x 1,000 nodes stays in milliseconds.
@@ -94,9 +97,22 @@ def pack(
 
     placed: dict[tuple[str, int], float] = {}  # (job, node index) -> fraction of the job's amount
     moves = 0
+    # CPU-only, unpinned jobs with nothing placed before (the common case) take the best fit
+    # from the nodes ordered by free CPU: a bisection instead of a pass over every node.
+    ci = kpos.get("cpu")
+    order = _FreeOrder(free[ci]) if ci is not None else None
     for _, _, name, amount, allowed, vec in todo:
         need = vec > 1e-12
         left = 1.0
+        if (
+            order is not None
+            and allowed is every
+            and name not in before
+            and need[ci]
+            and int(need.sum()) == 1
+        ):
+            moves += order.place(name, float(vec[ci]), amount, free, placed, usable, kinds)
+            continue
         # 1) keep what was there (fewest moves)
         prev = before.get(name, {})
         allowed_set = set(allowed.tolist()) if prev else set()
@@ -106,6 +122,8 @@ def pack(
             take = _quantized(min(want, room), amount, left)
             if take > 0:
                 left = _put(name, node, take, vec, free, placed, left)
+                if order is not None:
+                    order.sync(node)
         # 2) the rest: best fit for the whole remainder, else the roomiest node, piece by piece
         while left > 1e-9:
             rooms = _rooms(free if allowed is every else free[:, allowed], vec, need)
@@ -126,6 +144,8 @@ def pack(
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
+            if order is not None:
+                order.sync(node)
 
     amounts = {t[2]: t[3] for t in todo}
     shares = []
@@ -142,6 +162,60 @@ def pack(
             )
         )
     return PackResult(shares=tuple(shares), moves=moves)
+
+
+class _FreeOrder:
+    """Nodes sorted by free CPU, kept in step with ``free`` (best fit by bisection)."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row = row  # a view of free[cpu]: updated in place by _put
+        self.items = sorted(zip(row.tolist(), range(len(row)), strict=True))
+        self.cur = row.tolist()
+
+    def sync(self, node: int) -> None:
+        old, new = self.cur[node], float(self.row[node])
+        if old != new:
+            del self.items[bisect_left(self.items, (old, node))]
+            insort(self.items, (new, node))
+            self.cur[node] = new
+
+    def place(
+        self,
+        name: str,
+        cpu: float,
+        amount: ResourceVector,
+        free: np.ndarray,
+        placed: dict[tuple[str, int], float],
+        usable: Sequence[NodeInfo],
+        kinds: Sequence[str],
+    ) -> int:
+        """Place a CPU-only job (fraction 1 of ``cpu``); returns the moves (new nodes) it took."""
+        left, moves = 1.0, 0
+        vec = np.zeros(free.shape[0])
+        vec[kinds.index("cpu")] = cpu
+        while left > 1e-9:
+            items = self.items
+            k = bisect_left(items, ((left - 1e-9) * cpu, -1))
+            # rooms are free/cpu: the tightest whole fit is the first item at or above the need
+            while k < len(items) and max(items[k][0], 0.0) / cpu < left - 1e-9:
+                k += 1
+            if k < len(items):
+                node, take = items[k][1], left
+            else:
+                top = max(items[-1][0], 0.0) if items else 0.0
+                node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
+                take = _quantized(top / cpu, amount, left)
+                if take <= 0:
+                    raise PackingError(
+                        f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
+                        f"no allowed node (most room: {usable[node].node_id} with "
+                        f"{_fmt(_vector(kinds, free[:, node]))})"
+                    )
+            if placed.get((name, node), 0.0) == 0.0:
+                moves += 1
+            left = _put(name, node, take, vec, free, placed, left)
+            self.sync(node)
+        return moves
 
 
 def _rooms(free: np.ndarray, vec: np.ndarray, need: np.ndarray) -> np.ndarray:

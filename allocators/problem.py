@@ -10,7 +10,7 @@ grid ``x = a + b * T`` (T a common unit grid), queried once per job through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -132,13 +132,52 @@ class UtilityGrid:
         return u0 + frac * (u1 - u0)
 
 
+def query_bounds(
+    models: Sequence[PerformanceModel], X: np.ndarray, loads: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lcb, mean, ucb) of ``models[i]`` at allocations ``X[i]`` (shape (n, m)), each (n, m).
+
+    The one bound-query path of every model-driven policy, baseline and oracle.
+    Models of a type that offers ``bounds_batch(models, alloc, load)`` (alloc of
+    shape (k, m), load (k,), returning three (k, m) arrays) are served by one
+    vectorized call per type, all jobs at once (a learner bank over one shared
+    store, ground-truth curves); any other model by one ``bounds`` call per job.
+    """
+    n, m = X.shape
+    out = np.empty((3, n, m))
+    by_type: dict[type, list[int]] = {}
+    for i, model in enumerate(models):
+        by_type.setdefault(type(model), []).append(i)
+    for cls, idx in by_type.items():
+        batch = getattr(cls, "bounds_batch", None)
+        if batch is not None and len(idx) > 1:
+            ix = np.asarray(idx)
+            res = batch([models[i] for i in idx], X[ix], loads[ix])
+            for s in range(3):
+                out[s, ix] = res[s]
+            continue
+        for i in idx:
+            res = models[i].bounds(X[i], float(loads[i]))
+            for s in range(3):
+                r = np.asarray(res[s], dtype=float)
+                if r.shape != (m,):
+                    raise PolicyError(
+                        f"model bounds returned shape {r.shape} for {(m,)} allocations"
+                    )
+                out[s, i] = r
+    return out[0], out[1], out[2]
+
+
 class GridBuilder:
     """Queries every job's model once per grid and turns rewards into utilities.
 
     ``side`` picks the confidence bound (upper where exploring pays, lower where
     an SLO must hold). Jobs without a model get a neutral prior: utility rises
     linearly to 1 at their weighted fair share, so they are neither starved nor
-    favoured until a learner knows them.
+    favoured until a learner knows them. ``table`` is the query: utilities of
+    every job at its own row of allocations, one vectorized bounds query per
+    model type (``query_bounds``); it also keeps the other bounds of its last
+    query (``last_mean``) for tie-breaks at no extra model call.
     """
 
     def __init__(
@@ -148,14 +187,97 @@ class GridBuilder:
         side: Side,
         transform: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         monotone: bool = True,
+        tiebreak: float = 0.0,
     ) -> None:
         self.p = problem
+        self.tiebreak = tiebreak
         self.models = models
         self.side = SIDE_INDEX[side]
         self.transform = transform
         self.monotone = monotone
-        self._fns = [job_utility_fn(j) for j in problem.jobs]
         self._fair = problem.fair_share() if any(n not in models for n in problem.names) else None
+        self._with = np.array([n in models for n in problem.names], dtype=bool)
+        # Per-job reward -> utility: Cilantro's scaling as arrays (thresholds per row), or a
+        # job's own separable objective.
+        self._thr = np.array([j.reward_threshold for j in problem.jobs], dtype=float)
+        self._scaling = [j.utility.scaling for j in problem.jobs]
+        self._custom = [
+            (i, job_utility_fn(j)) for i, j in enumerate(problem.jobs) if j.utility.objective
+        ]
+        self.queries = 0
+        self.last_mean: np.ndarray | None = None
+
+    def _utility(self, R: np.ndarray, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        u = np.clip(R / self._thr[rows, None], 0.0, 1.0)
+        for s in set(self._scaling):
+            if s == "linear":
+                continue
+            sel = np.array([self._scaling[r] == s for r in rows], dtype=bool)
+            u[sel] = _scale(u[sel], s)
+        return u
+
+    def table(self, X: np.ndarray, keep_mean: bool = False) -> np.ndarray:
+        """Utilities (after the policy's transform) of job i at allocations X[i]; X of shape (n, m)."""
+        self.queries += 1
+        return self._rows_table(np.arange(self.p.n), np.asarray(X, dtype=float), keep_mean)
+
+    def _rows_table(self, rows: np.ndarray, X: np.ndarray, keep_mean: bool) -> np.ndarray:
+        """``table`` for the jobs ``rows`` only (X has one row per entry of ``rows``)."""
+        keep_mean = keep_mean or self.tiebreak > 0
+        R = np.zeros_like(X)
+        M = np.zeros_like(X) if keep_mean else None
+        has = self._with[rows]
+        sel = np.flatnonzero(has)
+        if sel.size:
+            every = sel.size == len(rows)
+            Xm = X if every else X[sel]
+            src = rows if every else rows[sel]
+            b = query_bounds([self.models[self.p.names[i]] for i in src], Xm, self.p.loads[src])
+            if every:
+                R[:] = b[self.side]
+                if M is not None:
+                    M[:] = b[1]
+            else:
+                R[sel] = b[self.side]
+                if M is not None:
+                    M[sel] = b[1]
+        prior = None
+        if sel.size < len(rows):
+            assert self._fair is not None
+            miss = np.flatnonzero(~has)
+            fair = self._fair[rows[miss]]
+            prior = (miss, np.clip(X[miss] / np.maximum(fair[:, None], 1e-9), 0.0, 1.0))
+        U = self._finish(R, X, rows, prior)
+        if M is not None:
+            self.last_mean = self._finish(M, X, rows, prior)
+            if self.tiebreak > 0 and self.side != 1:
+                # Lexicographic in effect: the side's bound decides; where it is flat (a job
+                # already at utility 1 on its upper bound, a logistic job below its knee)
+                # the mean decides who the capacity helps most.
+                U = U + self.tiebreak * self.last_mean
+        return U
+
+    def _finish(
+        self,
+        R: np.ndarray,
+        X: np.ndarray,
+        rows: np.ndarray,
+        prior: tuple[np.ndarray, np.ndarray] | None,
+    ) -> np.ndarray:
+        if not np.isfinite(R).all():  # checked once for all jobs
+            bad = ~np.isfinite(R).all(axis=1)
+            raise PolicyError(
+                f"job {self.p.names[int(np.argmax(bad))]}: model bounds returned non-finite values"
+            )
+        U = self._utility(R, X, rows)
+        if self._custom:
+            pos = {int(r): k for k, r in enumerate(rows)}
+            for i, fn in self._custom:
+                if self._with[i] and i in pos:
+                    U[pos[i]] = fn(R[pos[i]], X[pos[i]])
+        if prior is not None:
+            U[prior[0]] = prior[1]
+        return self.transform(U, X) if self.transform is not None else U
 
     def utilities(self, i: int, x: np.ndarray) -> np.ndarray:
         """Job i's utility at allocations x (1-D), after the policy's transform."""
@@ -171,28 +293,36 @@ class GridBuilder:
                 raise PolicyError(
                     f"job {name}: model bounds returned shape {reward.shape} for {x.shape} allocations"
                 )
-            u = self._fns[i](reward, x)
+            u = job_utility_fn(self.p.jobs[i])(reward, x)
         return self.transform(u, x) if self.transform is not None else u
 
-    def grid(self, a: np.ndarray, b: np.ndarray, T: np.ndarray = FINE_T) -> UtilityGrid:
+    def grid(
+        self, a: np.ndarray, b: np.ndarray, T: np.ndarray = FINE_T, keep_mean: bool = False
+    ) -> UtilityGrid:
         X = a[:, None] + b[:, None] * T[None, :]
-        U = np.empty_like(X)
-        for i in range(self.p.n):
-            U[i] = self.utilities(i, X[i])
-        bad = ~np.isfinite(U).all(axis=1)
-        if bad.any():  # checked once for all jobs: a per-job check costs more than the query
-            raise PolicyError(
-                f"job {self.p.names[int(np.argmax(bad))]}: model bounds returned non-finite values"
-            )
+        U = self.table(X, keep_mean)
         if self.monotone:
             # Free disposal: a job can leave resources idle, so its utility never falls with more.
             U = np.maximum.accumulate(U, axis=1)
         return UtilityGrid(a, b, T, U)
 
-    def coarse(self) -> UtilityGrid:
-        return self.grid(self.p.lo.copy(), self.p.hi - self.p.lo, COARSE_T)
+    def coarse(self, keep_mean: bool = False) -> UtilityGrid:
+        return self.grid(self.p.lo.copy(), self.p.hi - self.p.lo, COARSE_T, keep_mean)
 
     def exact(self, x: np.ndarray, jobs: np.ndarray | None = None) -> np.ndarray:
         """Utilities at one allocation vector straight from the models, for ``jobs`` (default all)."""
-        idx = range(self.p.n) if jobs is None else jobs
-        return np.array([self.utilities(int(i), x[i : i + 1])[0] for i in idx])
+        idx = np.arange(self.p.n) if jobs is None else np.asarray(jobs, dtype=int)
+        return self._rows_table(idx, np.asarray(x, dtype=float)[idx][:, None], False)[:, 0]
+
+    def welfare_at(self, P: np.ndarray) -> np.ndarray:
+        """Per-job utilities of a batch of candidate allocations P (batch, n) -> (batch, n),
+        by one bounds query at exactly those allocations (no grid, no interpolation)."""
+        return self.table(np.ascontiguousarray(np.atleast_2d(P).T)).T
+
+
+def _scale(u: np.ndarray, scaling: str) -> np.ndarray:
+    if scaling == "sqrt":
+        return np.sqrt(u)
+    if scaling == "quadratic":
+        return u * u
+    return utility_from_reward(u, 1.0, scaling)

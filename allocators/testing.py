@@ -68,6 +68,15 @@ class SaturatingModel:
         m = np.tanh(self.k * a / np.maximum(np.asarray(load, dtype=float), 1e-9))
         return m, m, m
 
+    @classmethod
+    def bounds_batch(
+        cls, models: Sequence[SaturatingModel], alloc: np.ndarray, load: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many jobs at once: row i of ``alloc`` (k, m) for ``models[i]`` at ``load[i]``."""
+        k = np.array([mod.k for mod in models], dtype=float)
+        m = np.tanh(k[:, None] * alloc / np.maximum(np.asarray(load, dtype=float), 1e-9)[:, None])
+        return m, m, m
+
 
 @dataclass(frozen=True)
 class BandModel:
@@ -82,6 +91,18 @@ class BandModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = np.asarray(self.base.bounds(alloc, load)[1], dtype=float)
         return np.clip(m - self.lower, 0.0, 1.0), m, np.clip(m + self.upper, 0.0, 1.0)
+
+    @classmethod
+    def bounds_batch(
+        cls, models: Sequence[BandModel], alloc: np.ndarray, load: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many jobs at once: the bases through ``query_bounds`` (batched where they allow)."""
+        from allocators.problem import query_bounds
+
+        m = query_bounds([mod.base for mod in models], alloc, load)[1]
+        lo = np.array([mod.lower for mod in models], dtype=float)[:, None]
+        up = np.array([mod.upper for mod in models], dtype=float)[:, None]
+        return np.clip(m - lo, 0.0, 1.0), m, np.clip(m + up, 0.0, 1.0)
 
 
 def random_snapshot(

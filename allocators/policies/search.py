@@ -3,8 +3,9 @@
 Cilantro (OSDI '23): its learner's upper bounds (whatever interval models the
 snapshot carries; in deployment its interval tree), its evolutionary solver
 with a budget of 2,000-4,000 evaluations (``budget``, default 4,000), and its
-reallocation period (120 s for cluster sharing). The search evaluates through
-the same ``UtilityGrid`` as our price solver.
+reallocation period (120 s for cluster sharing). The search scores each
+generation by one query of the models at the candidates' own allocations,
+through the same bound-query code (``GridBuilder.table``) as our solver.
 
 Evolutionary search on observed welfare (Cilantro's EvoAlg baseline): no
 model; each round it scores the allocation in force by the welfare measured
@@ -61,16 +62,19 @@ class Cilantro(CpuPolicy):
             return old, {}
         obj = self.objective
         transform = obj.values if obj.separable else None
-        grid = GridBuilder(problem, snapshot.models, "upper", transform).coarse()
+        # Every candidate is scored on the models at its own allocations: one bounds query
+        # per generation (the population's allocations of each job in one call), as Cilantro
+        # evaluates its candidates; no precomputed grid.
+        builder = GridBuilder(problem, snapshot.models, "upper", transform)
         w = problem.weights
         if obj.separable:
 
             def evaluate(xb: np.ndarray) -> np.ndarray:
-                return grid.value(xb) @ w / w.sum()
+                return builder.welfare_at(xb) @ w / w.sum()
         else:
 
             def evaluate(xb: np.ndarray) -> np.ndarray:
-                return obj.welfare(grid.value(xb), xb, w)
+                return obj.welfare(builder.welfare_at(xb), xb, w)
 
         rng = np.random.default_rng([snapshot.seed, snapshot.round])
         x = evolve(

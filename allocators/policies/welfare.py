@@ -21,6 +21,11 @@ from allocators.problem import CpuProblem, GridBuilder, Side, UtilityGrid
 from allocators.solvers.local import local_search
 from allocators.solvers.separable import concave_rows, exchange_quanta, polish, solve_zoomed
 
+#: Weight of the mean bound beside the upper one: capacity that buys nothing on the upper
+#: bound (jobs already at utility 1 there, or below a logistic knee) goes where the mean
+#: gains most, instead of to whichever tied allocation the solver meets first.
+TIEBREAK = 0.01
+
 
 def resolve_objective(objective: str | Objective) -> Objective:
     if isinstance(objective, Objective):
@@ -67,6 +72,7 @@ class WelfarePolicy(CpuPolicy):
             self.side,
             transform,
             monotone=obj.monotone or not obj.separable,
+            tiebreak=TIEBREAK if obj.separable else 0.0,
         )
 
     def solve(

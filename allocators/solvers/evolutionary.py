@@ -5,8 +5,10 @@ Cilantro solves its welfare problems with an evolutionary algorithm of 2,000-
 the capacity, mutates parents chosen from the best quarter by moving a random
 fraction of a random donor's allocation to a random receiver (a few such
 transfers per child), and keeps the best individuals (elitism). Every
-generation is evaluated in one batch through the same bound-query code as our
-solvers, so a speed ratio measures the algorithm, not the implementation.
+generation is evaluated in one batch: the caller's ``evaluate`` queries the
+models at the candidates' own allocations (policies pass
+``GridBuilder.welfare_at``, the bound-query code our solvers use), so a speed
+ratio measures the algorithm, not the implementation.
 """
 
 from __future__ import annotations
