@@ -10,11 +10,13 @@ A learner maps (allocation, load) to a performance value, river-style:
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
+from scipy import stats
 
 from cluster_mgr.model import Observation
 
@@ -54,6 +56,7 @@ class Learner(ABC):
         if not batch:
             return
         alloc, load, value, sigma = self._validate(batch)
+        self.check_batch(alloc, load, value, sigma)
         self._learn_batch(alloc, load, value, sigma)
         self.n_observations += len(batch)
 
@@ -73,6 +76,14 @@ class Learner(ABC):
         value = np.array([o.value for o in batch], dtype=float)
         sigma = np.array([o.sigma for o in batch], dtype=float)
         return alloc, load, value, sigma
+
+    def check_batch(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
+        """Learner-specific checks of validated arrays; raise ValueError, change nothing.
+
+        Called before ``_learn_batch`` (and by ``LearnerBank`` for every job before it
+        updates any), so a batch is either taken whole or refused whole.
+        """
+        return None
 
     @abstractmethod
     def _learn_batch(
@@ -98,7 +109,7 @@ class Learner(ABC):
         """
         if self.dim != 1:
             raise ValueError(f"{self.name}: demand is defined for one-dimensional allocations only")
-        idx = {"lower": 0, "mean": 1, "upper": 2}[side]
+        idx = side_index(side)
         sign = -1.0 if self.monotone == "decreasing" else 1.0
         grid = np.geomspace(max(tol, 1e-6), hi, 512)
         vals = self.bounds(grid, np.full(grid.shape, load))[idx]
@@ -119,14 +130,170 @@ class Learner(ABC):
                 break
         return float(hi_x)
 
+    def learn_arrays(
+        self,
+        alloc: np.ndarray | Sequence[float],
+        load: np.ndarray | Sequence[float] | float,
+        value: np.ndarray | Sequence[float],
+        sigma: np.ndarray | Sequence[float] | float,
+    ) -> None:
+        """Array form of ``learn_many`` (no Observation objects): same checks, same effect."""
+        a, ld, v, s = validate_arrays(alloc, load, value, sigma, self.dim, self.name)
+        if len(v) == 0:
+            return
+        self.check_batch(a, ld, v, s)
+        self._learn_batch(a, ld, v, s)
+        self.n_observations += len(v)
+
+    @property
+    def cold(self) -> bool:
+        """True while the learner has no data: its bounds are then the wide prior."""
+        return self.n_observations == 0
+
+    def explain(self) -> dict[str, object]:
+        """What the learner assumes and how sure it is, for ``cluster-mgr explain`` and logs."""
+        return {
+            "learner": self.name,
+            "observations": self.n_observations,
+            "delta": self.delta,
+            "cold": self.cold,
+            "monotone": self.monotone,
+            "misspecified": self.misspecified,
+            "misspecification_reason": self.misspecification_reason,
+        }
+
+    def predictive_bounds(
+        self, alloc: np.ndarray, load: np.ndarray | float, sigma: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Interval for a new *measurement* (the function plus noise of std ``sigma``).
+
+        Each side is widened by z_(1 - delta/2) * sigma: the confidence bound on f and
+        the noise band, combined conservatively. Learners that estimate the noise
+        themselves may override this to use their own estimate.
+        """
+        s = np.asarray(sigma, dtype=float)
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError("sigma must be finite and > 0")
+        lcb, mean, ucb = self.bounds(alloc, load)
+        z = float(stats.norm.isf(self.delta / 2))
+        return lcb - z * s, mean, ucb + z * s
+
     def clone(self) -> Learner:
         return copy.deepcopy(self)
 
+    # The flag is a property so that learners which fit lazily can bring it up to date
+    # (``_sync``) before anyone reads it; plain assignment still works as before.
+    @property
+    def misspecified(self) -> bool:
+        self._sync()
+        return self._misspecified
+
+    @misspecified.setter
+    def misspecified(self, value: bool) -> None:
+        self._misspecified = bool(value)
+
+    @property
+    def misspecification_reason(self) -> str:
+        self._sync()
+        return self._misspecification_reason
+
+    @misspecification_reason.setter
+    def misspecification_reason(self, value: str) -> None:
+        self._misspecification_reason = str(value)
+
+    def _sync(self) -> None:
+        """Hook: fold in pending work that can change the flag (no-op by default)."""
+        return None
+
     def _flag(self, reason: str) -> None:
         """Raise the misspecification flag (sticky; the first reason is kept)."""
-        if not self.misspecified:
-            self.misspecified = True
-            self.misspecification_reason = reason
+        if not self._misspecified:
+            self._misspecified = True
+            self._misspecification_reason = reason
+
+
+def side_index(side: str) -> int:
+    """Position of ``side`` in the (lcb, mean, ucb) triple, or a ValueError naming the choices."""
+    try:
+        return {"lower": 0, "mean": 1, "upper": 2}[side]
+    except KeyError:
+        raise ValueError(f"side must be 'lower', 'mean' or 'upper', got {side!r}") from None
+
+
+def _scalar(x: object) -> float:
+    """A float from a Python number or a one-element array (TypeError otherwise)."""
+    if isinstance(x, float | int):
+        return float(x)
+    if isinstance(x, np.ndarray) and x.size == 1:
+        return float(x.reshape(-1)[0])
+    raise TypeError
+
+
+def _validate_one(
+    alloc: object, load: object, value: object, sigma: object, dim: int, who: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Scalar fast path of ``validate_arrays`` for one observation (None: use the general path)."""
+    try:
+        ld, v, s = _scalar(load), _scalar(value), _scalar(sigma)
+        if isinstance(alloc, np.ndarray) and alloc.size == dim and alloc.ndim <= 2:
+            a = alloc.reshape(-1).astype(float).tolist()
+        elif dim == 1:
+            a = [_scalar(alloc)]
+        else:
+            return None
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(ld) and math.isfinite(v) and math.isfinite(s) and all(map(math.isfinite, a))):
+        return None  # the general path names the culprit
+    if min(a) < 0 or ld < 0 or s <= 0:
+        return None
+    return np.array([a]), np.array([ld]), np.array([v]), np.array([s])
+
+
+def validate_arrays(
+    alloc: np.ndarray | Sequence[float],
+    load: np.ndarray | Sequence[float] | float,
+    value: np.ndarray | Sequence[float],
+    sigma: np.ndarray | Sequence[float] | float,
+    dim: int,
+    who: str = "learner",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check a batch given as arrays; returns alloc (n, dim), load, value, sigma (n,) as floats.
+
+    Raises ValueError naming the first problem (NaN or inf, negative allocation or
+    load, sigma <= 0, wrong shape). Nothing is modified, so callers stay unchanged.
+    """
+    if isinstance(value, float | int) or (isinstance(value, np.ndarray) and value.shape == (1,)):
+        fast = _validate_one(alloc, load, value, sigma, dim, who)
+        if fast is not None:
+            return fast
+    v = np.atleast_1d(np.asarray(value, dtype=float))
+    if v.ndim != 1:
+        raise ValueError(f"{who}: value must be one-dimensional, got shape {v.shape}")
+    n = len(v)
+    a = np.asarray(alloc, dtype=float)
+    if a.ndim == 1 and dim == 1 and len(a) == n:
+        a = a.reshape(n, 1)
+    if a.ndim != 2 or a.shape != (n, dim):
+        raise ValueError(f"{who}: allocation must have shape ({n}, {dim}), got {a.shape}")
+    ld = np.asarray(load, dtype=float)
+    ld = np.full(n, float(ld)) if ld.ndim == 0 else ld
+    s = np.asarray(sigma, dtype=float)
+    s = np.full(n, float(s)) if s.ndim == 0 else s
+    if ld.shape != (n,) or s.shape != (n,):
+        raise ValueError(f"{who}: load and sigma must be scalars or have shape ({n},)")
+    # One cheap pass for the common case; name the culprit only when something is wrong.
+    if not (np.isfinite(a).all() and np.isfinite(ld).all() and np.isfinite(v).all() and np.isfinite(s).all()):
+        bad = next(nm for nm, arr in (("allocation", a), ("load", ld), ("value", v), ("sigma", s))
+                   if not np.isfinite(arr).all())
+        raise ValueError(f"{who}: {bad} must be finite (got NaN or inf)")
+    if (a < 0).any():
+        raise ValueError(f"{who}: allocation must be >= 0")
+    if (ld < 0).any():
+        raise ValueError(f"{who}: load must be >= 0")
+    if (s <= 0).any():
+        raise ValueError(f"{who}: sigma must be > 0")
+    return a, ld, v, s
 
 
 def as_alloc_matrix(alloc: np.ndarray | Sequence[float], dim: int) -> np.ndarray:

@@ -1,0 +1,398 @@
+"""Array storage for many monotone interval trees at once (one row per job).
+
+Cilantro's interval binary tree over x = allocation / load, kept as sufficient
+statistics per node so that one numpy call updates or queries every job of a
+telemetry window. Node (h, i) of a row covers [i, i+1) * x_max / 2^h; nodes are
+stored in heap order (level h starts at 2^h - 1). Per node we keep the
+precision-weighted sums (sum w, sum w*y, sum w*y^2, with w = 1/sigma^2), the
+count and the smallest / largest x seen.
+
+Bounds for an increasing f (all rows, no Lipschitz constant needed):
+  lcb(x) = max over nodes whose largest x is <= x of (mean - c)
+  ucb(x) = min over nodes whose smallest x is >= x of (mean + c)
+with c = beta * s / sqrt(sum w). Every point of such a node lies left (right) of
+x, so by monotonicity the node mean of f is below (above) f(x): the bound is
+valid whenever the node's concentration holds, and a union bound over all
+nodes gives beta. Both bounds are step functions that are non-decreasing in x
+by construction (a prefix max and a suffix min), which is Cilantro's
+monotone projection. With a Lipschitz constant L the node that contains x
+also contributes mean -/+ (c + L * distance), which is the Cilantro node width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import stats
+
+#: false-alarm level of the misspecification tests (per row, per refresh).
+FLAG_ALPHA = 1e-3
+#: smallest noise excess (ratio of standard deviations) the noise check reports
+MIN_EFFECT = 1.2
+#: smallest residual degrees of freedom before the noise check may speak.
+MIN_NOISE_DOF = 30
+
+
+@lru_cache(maxsize=64)
+def _z(tail: float) -> float:
+    """Upper-tail normal quantile (cached: a bank makes many rows with the same delta)."""
+    return float(stats.norm.isf(tail))
+
+
+@dataclass
+class RowParams:
+    """Per-row settings of one tree (copied into the store's arrays)."""
+
+    delta: float
+    lo: float
+    hi: float
+    lipschitz: float | None
+
+
+class IntervalStore:
+    """Sufficient statistics and cached bounds of ``capacity`` trees of equal ``depth``."""
+
+    def __init__(self, depth: int = 9, capacity: int = 1) -> None:
+        if not 1 <= depth <= 16:
+            raise ValueError(f"interval tree depth must be in [1, 16], got {depth}")
+        self.depth = int(depth)
+        self.n_leaves = 1 << self.depth
+        self.n_nodes = 2 * self.n_leaves - 1
+        self.capacity = 0
+        self.free: list[int] = []
+        self.in_use = np.zeros(0, dtype=bool)
+        # Updates are buffered and folded in with one vectorized call when anything reads
+        # the trees: a stream of single observations then costs one append each.
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+        self._alloc_arrays(max(1, capacity))
+
+    # -- storage -------------------------------------------------------------------
+    def _alloc_arrays(self, capacity: int) -> None:
+        old = self.capacity
+        n = self.n_nodes
+
+        def grow(arr: np.ndarray | None, fill: float, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+            new = np.full(shape, fill, dtype=dtype)
+            if arr is not None and old:
+                new[:old] = arr[:old]
+            return new
+
+        g = self.__dict__.get
+        self.w = grow(g("w"), 0.0, (capacity, n), float)
+        self.wy = grow(g("wy"), 0.0, (capacity, n), float)
+        self.wyy = grow(g("wyy"), 0.0, (capacity, n), float)
+        self.cnt = grow(g("cnt"), 0.0, (capacity, n), float)
+        self.xmin = grow(g("xmin"), np.inf, (capacity, n), float)
+        self.xmax = grow(g("xmax"), -np.inf, (capacity, n), float)
+        self.lo_keys = grow(g("lo_keys"), 1.5, (capacity, n), float)
+        self.lo_vals = grow(g("lo_vals"), -np.inf, (capacity, n), float)
+        self.hi_keys = grow(g("hi_keys"), 1.5, (capacity, n), float)
+        self.hi_vals = grow(g("hi_vals"), np.inf, (capacity, n), float)
+        self.x_max = grow(g("x_max"), 0.0, (capacity,), float)
+        self.noise_scale = grow(g("noise_scale"), 1.0, (capacity,), float)
+        self.beta = grow(g("beta"), 0.0, (capacity,), float)
+        self.beta_flag = grow(g("beta_flag"), 0.0, (capacity,), float)
+        self.lo = grow(g("lo"), 0.0, (capacity,), float)
+        self.hi = grow(g("hi"), 1.0, (capacity,), float)
+        self.lip = grow(g("lip"), np.nan, (capacity,), float)
+        self.nobs = grow(g("nobs"), 0.0, (capacity,), float)
+        self.nonmono = grow(g("nonmono"), False, (capacity,), bool)
+        self.lip_broken = grow(g("lip_broken"), False, (capacity,), bool)
+        self.flag = grow(g("flag"), False, (capacity,), bool)
+        self.dirty = grow(g("dirty"), True, (capacity,), bool)
+        self.in_use = grow(self.in_use, False, (capacity,), bool)
+        self.reason: list[str] = list(g("reason", [])) + [""] * (capacity - old)
+        self.capacity = capacity
+
+    def add_row(self, params: RowParams) -> int:
+        """A fresh, empty row with ``params``; returns its index."""
+        self.flush()
+        if self.free:
+            r = self.free.pop()
+        else:
+            if int(self.in_use.sum()) >= self.capacity:
+                self._alloc_arrays(2 * self.capacity)
+            r = int(np.argmin(self.in_use))
+        self._reset_row(r)
+        self.in_use[r] = True
+        self.set_params(r, params)
+        return r
+
+    def set_params(self, r: int, params: RowParams) -> None:
+        self.flush()
+        self.beta[r] = _z(params.delta / (2 * self.n_nodes))
+        self.beta_flag[r] = _z(min(params.delta, FLAG_ALPHA) / (2 * self.n_nodes))
+        self.lo[r], self.hi[r] = params.lo, params.hi
+        self.lip[r] = np.nan if params.lipschitz is None else params.lipschitz
+        self.dirty[r] = True
+
+    def remove_row(self, r: int) -> None:
+        self.flush()
+        self._reset_row(r)
+        self.in_use[r] = False
+        self.free.append(r)
+
+    def _reset_row(self, r: int) -> None:
+        for arr, fill in ((self.w, 0.0), (self.wy, 0.0), (self.wyy, 0.0), (self.cnt, 0.0),
+                          (self.xmin, np.inf), (self.xmax, -np.inf)):
+            arr[r] = fill
+        self.x_max[r] = 0.0
+        self.noise_scale[r] = 1.0
+        self.nobs[r] = 0.0
+        self.nonmono[r] = self.lip_broken[r] = self.flag[r] = False
+        self.reason[r] = ""
+        self.dirty[r] = True
+
+    def copy_row(self, src: IntervalStore, rs: int, rd: int) -> None:
+        """Copy row ``rs`` of ``src`` (same depth) into row ``rd`` of this store."""
+        if src.depth != self.depth:
+            raise ValueError(f"cannot copy a depth-{src.depth} tree into a depth-{self.depth} store")
+        src.flush()
+        self.flush()
+        for name in ("w", "wy", "wyy", "cnt", "xmin", "xmax", "lo_keys", "lo_vals", "hi_keys",
+                     "hi_vals", "x_max", "noise_scale", "beta", "beta_flag", "lo", "hi", "lip",
+                     "nobs", "nonmono", "lip_broken", "flag", "dirty"):
+            getattr(self, name)[rd] = getattr(src, name)[rs]
+        self.reason[rd] = src.reason[rs]
+
+    # -- updates -------------------------------------------------------------------
+    def _level_offsets(self) -> np.ndarray:
+        return (1 << np.arange(self.depth + 1)) - 1
+
+    @property
+    def _offsets(self) -> np.ndarray:
+        """Heap offset of each level, shape (1, depth + 1), for broadcasting against leaves."""
+        return self._level_offsets()[None, :]
+
+    @property
+    def _shifts(self) -> np.ndarray:
+        """Right shift that maps a leaf index to its ancestor at each level."""
+        return (self.depth - np.arange(self.depth + 1))[None, :]
+
+    def _grow_domain(self, r: int, levels: int) -> None:
+        """Double row r's domain ``levels`` times: the old tree becomes the leftmost subtree."""
+        offs = self._level_offsets()
+        for arr, fill in ((self.w, 0.0), (self.wy, 0.0), (self.wyy, 0.0), (self.cnt, 0.0),
+                          (self.xmin, np.inf), (self.xmax, -np.inf)):
+            old = arr[r].copy()
+            arr[r] = fill
+            for h in range(self.depth + 1):
+                src_h = h - levels
+                if src_h < 0:  # the whole old tree sits inside node 0 of this level
+                    arr[r, offs[h]] = old[0]
+                else:
+                    width = 1 << src_h
+                    arr[r, offs[h]: offs[h] + width] = old[offs[src_h]: offs[src_h] + width]
+        self.x_max[r] *= 2.0**levels
+
+    def add(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, wt: np.ndarray) -> None:
+        """Queue observations (x >= 0 finite, weights 1/sigma^2) for their rows' trees."""
+        self._pending.append((rows, x, y, wt))
+        self._pending_n += len(x)
+        if len(rows) == 1:
+            self.dirty[int(rows[0])] = True
+        else:
+            self.dirty[rows] = True
+        if self._pending_n >= 8192:  # bound the buffer's memory
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold every queued observation into the trees."""
+        if not self._pending:
+            return
+        parts = self._pending
+        self._pending, self._pending_n = [], 0
+        if len(parts) == 1:
+            self.accumulate(*parts[0])
+        else:
+            self.accumulate(*(np.concatenate(c) for c in zip(*parts, strict=True)))
+
+    def accumulate(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, wt: np.ndarray) -> None:
+        """Add observations (x >= 0 finite, weights 1/sigma^2) to their rows' trees now."""
+        if len(x) == 0:
+            return
+        single = bool(rows[0] == rows[-1]) and (len(rows) < 3 or bool(np.all(rows == rows[0])))
+        urows = rows[:1] if single else np.unique(rows)
+        for r in urows:  # domain set-up / growth is per row and rare
+            xb = float(x.max() if single else x[rows == r].max())
+            if self.x_max[r] <= 0:
+                self.x_max[r] = 2.0 ** np.ceil(np.log2(2 * xb)) if xb > 0 else 1.0
+            if xb >= self.x_max[r]:
+                self._grow_domain(int(r), int(np.floor(np.log2(xb / self.x_max[r]))) + 1)
+        u = x / self.x_max[rows]
+        leaf = np.minimum((u * self.n_leaves).astype(np.int64), self.n_leaves - 1)
+        node = self._offsets + (leaf[:, None] >> self._shifts)
+        k = self.depth + 1
+        vals = (wt, wt * y, wt * y * y, np.ones_like(wt))
+        xr = np.repeat(x, k)
+        if single:  # one tree: a dense bincount over its nodes is cheapest
+            r = int(rows[0])
+            flat = node.reshape(-1)
+            for arr, v in zip((self.w, self.wy, self.wyy, self.cnt), vals, strict=True):
+                arr[r] += np.bincount(flat, weights=np.repeat(v, k), minlength=self.n_nodes)
+            np.minimum.at(self.xmin[r], flat, xr)
+            np.maximum.at(self.xmax[r], flat, xr)
+        else:  # many trees: sum only the touched nodes
+            flat = (rows[:, None].astype(np.int64) * self.n_nodes + node).reshape(-1)
+            uniq, inv = np.unique(flat, return_inverse=True)
+            for arr, v in zip((self.w, self.wy, self.wyy, self.cnt), vals, strict=True):
+                arr.reshape(-1)[uniq] += np.bincount(inv, weights=np.repeat(v, k), minlength=len(uniq))
+            np.minimum.at(self.xmin.reshape(-1), flat, xr)
+            np.maximum.at(self.xmax.reshape(-1), flat, xr)
+        self.dirty[urows] = True
+
+    # -- refresh: misspecification checks and the sorted bound tables ----------------
+    def refresh(self, rows: np.ndarray) -> None:
+        self.flush()
+        rows = np.unique(rows[self.dirty[rows]])
+        if len(rows) == 0:
+            return
+        self._check_noise(rows)
+        w = self.w[rows]
+        has = w > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(has, self.wy[rows] / w, 0.0)
+            se = np.where(has, self.noise_scale[rows, None] / np.sqrt(w), np.inf)
+        self._check_monotone(rows, mean, se, has)
+        self._check_lipschitz(rows, mean, se, has)
+        c = self.beta[rows, None] * se
+        lower = np.where(has, mean - c, -np.inf)
+        upper = np.where(has, mean + c, np.inf)
+        xm = self.x_max[rows, None]
+        lo_key = np.where(has, self.xmax[rows] / xm, 1.5)
+        hi_key = np.where(has, self.xmin[rows] / xm, 1.5)
+        o = np.argsort(lo_key, axis=1, kind="stable")
+        self.lo_keys[rows] = np.take_along_axis(lo_key, o, 1)
+        self.lo_vals[rows] = np.maximum.accumulate(np.take_along_axis(lower, o, 1), axis=1)
+        o = np.argsort(hi_key, axis=1, kind="stable")
+        self.hi_keys[rows] = np.take_along_axis(hi_key, o, 1)
+        up = np.take_along_axis(upper, o, 1)
+        self.hi_vals[rows] = np.minimum.accumulate(up[:, ::-1], axis=1)[:, ::-1]
+        self.dirty[rows] = False
+
+    def _raise(self, rows: np.ndarray, hit: np.ndarray, reason: str) -> None:
+        for r in rows[hit & ~self.flag[rows]]:
+            self.flag[r] = True
+            self.reason[r] = reason
+
+    def _check_noise(self, rows: np.ndarray) -> None:
+        """Leaf residuals against the stated sigma: a chi-square test; inflate sigma if it fails."""
+        lo = self.n_leaves - 1
+        w, wy, wyy, n = (a[rows, lo:] for a in (self.w, self.wy, self.wyy, self.cnt))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rss = np.where(w > 0, wyy - wy * wy / w, 0.0).sum(axis=1)
+        dof = np.maximum(n - 1, 0).sum(axis=1)
+        ok = dof >= MIN_NOISE_DOF
+        p = np.where(ok, stats.chi2.sf(np.maximum(rss, 0.0), np.maximum(dof, 1)), 1.0)
+        ratio = np.where(ok, rss / np.maximum(dof, 1), 1.0)
+        significant = ok & (p < FLAG_ALPHA)
+        bad = significant & (ratio > MIN_EFFECT**2)  # widen when significant, flag when also large
+        self.noise_scale[rows] = np.where(significant, np.sqrt(np.maximum(ratio, 1.0)), 1.0)
+        self._raise(rows, bad, "noise larger than the stated sigma (leaf residual chi-square test)")
+
+    def _check_monotone(self, rows: np.ndarray, mean: np.ndarray, se: np.ndarray, has: np.ndarray) -> None:
+        """Within each level nodes are ordered in x: a left node clearly above a right one is a
+        contradiction of monotonicity (test at level FLAG_ALPHA, union over nodes)."""
+        bf = self.beta_flag[rows, None]
+        lower = np.where(has, mean - bf * se, -np.inf)
+        upper = np.where(has, mean + bf * se, np.inf)
+        offs = self._level_offsets()
+        bad = np.zeros(len(rows), dtype=bool)
+        for h in range(1, self.depth + 1):
+            sl = slice(offs[h], offs[h] + (1 << h))
+            left_max = np.maximum.accumulate(lower[:, sl], axis=1)[:, :-1]
+            bad |= np.any(left_max > upper[:, sl][:, 1:], axis=1)
+        self.nonmono[rows] |= bad
+        self._raise(rows, bad, "data contradict monotonicity (a left node is clearly above a right one)")
+
+    def _check_lipschitz(self, rows: np.ndarray, mean: np.ndarray, se: np.ndarray, has: np.ndarray) -> None:
+        """Neighbouring nodes whose means differ by more than L times their span contradict L."""
+        lip = self.lip[rows]
+        use = np.isfinite(lip) & ~self.lip_broken[rows]
+        if not use.any():
+            return
+        r = rows[use]
+        m, s, hv = mean[use], se[use] * self.beta_flag[r, None], has[use]
+        offs = self._level_offsets()
+        bad = np.zeros(len(r), dtype=bool)
+        for h in range(1, self.depth + 1):
+            sl = slice(offs[h], offs[h] + (1 << h))
+            a, b = np.arange(sl.start, sl.stop - 1), np.arange(sl.start + 1, sl.stop)
+            both = hv[:, a] & hv[:, b]
+            span = self.xmax[r][:, b] - self.xmin[r][:, a]
+            gap = np.abs(m[:, b] - m[:, a]) - s[:, a] - s[:, b]
+            with np.errstate(invalid="ignore"):
+                bad |= np.any(both & (gap > lip[use, None] * span), axis=1)
+        self.lip_broken[r] |= bad
+        self._raise(r, bad, "data contradict the Lipschitz constant (neighbouring nodes too far apart)")
+
+    # -- queries -------------------------------------------------------------------
+    def query(self, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lcb, mean, ucb) of f at x for each (row, x) pair."""
+        self.refresh(np.unique(rows))
+        xm = self.x_max[rows]
+        cold = xm <= 0
+        u = np.where(cold, 0.0, np.minimum(x / np.where(cold, 1.0, xm), 1.0))
+        lcb, ucb = self._mono_bounds(rows, u)
+        mean, path_c, m_lo, m_hi = self._path(rows, x, u, cold)
+        lcb = np.maximum(lcb, m_lo)
+        ucb = np.minimum(ucb, m_hi)
+        nm = self.nonmono[rows]
+        if nm.any():  # the monotone projection is void: fall back to the hull with the leaf estimate
+            lcb = np.where(nm, np.minimum(lcb, mean - 2 * path_c), lcb)
+            ucb = np.where(nm, np.maximum(ucb, mean + 2 * path_c), ucb)
+        lo, hi = self.lo[rows], self.hi[rows]
+        lcb = np.clip(lcb, lo, hi)
+        ucb = np.clip(ucb, lo, hi)
+        ucb = np.maximum(ucb, lcb)  # a crossing means a failed event; keep the pair ordered
+        mean = np.clip(mean, lcb, ucb)
+        return lcb, mean, ucb
+
+    def _mono_bounds(self, rows: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ur, inv = np.unique(rows, return_inverse=True)
+        n = self.n_nodes
+        off = 2.0 * np.arange(len(ur))  # keys live in [0, 1.5]: rows never overlap
+        lk = (self.lo_keys[ur] + off[:, None]).reshape(-1)
+        hk = (self.hi_keys[ur] + off[:, None]).reshape(-1)
+        q = u + off[inv]
+        i = np.searchsorted(lk, q, side="right") - 1
+        ok = (i >= 0) & (i // n == inv)
+        lcb = np.where(ok, self.lo_vals[ur].reshape(-1)[np.clip(i, 0, None)], -np.inf)
+        j = np.searchsorted(hk, q, side="left")
+        ok = (j < len(hk)) & (j // n == inv)
+        ucb = np.where(ok, self.hi_vals[ur].reshape(-1)[np.minimum(j, len(hk) - 1)], np.inf)
+        return lcb, ucb
+
+    def _path(self, rows: np.ndarray, x: np.ndarray, u: np.ndarray, cold: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mean and half-width of the deepest node on x's path with data, and the
+        Lipschitz bounds of the path nodes (-inf / inf when no L is in force)."""
+        leaf = np.minimum((u * self.n_leaves).astype(np.int64), self.n_leaves - 1)
+        node = self._offsets + (leaf[:, None] >> self._shifts)
+        r2 = rows[:, None]
+        w = self.w[r2, node]
+        has = (w > 0) & ~cold[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(has, self.wy[r2, node] / w, np.nan)
+            se = np.where(has, self.noise_scale[rows, None] / np.sqrt(w), np.inf)
+        deepest = np.where(has.any(axis=1), self.depth - np.argmax(has[:, ::-1], axis=1), 0)
+        pick = np.arange(len(rows))
+        m = np.where(has.any(axis=1), mean[pick, deepest], 0.5 * (self.lo[rows] + self.hi[rows]))
+        path_c = np.where(has.any(axis=1), self.beta[rows] * se[pick, deepest], np.inf)
+        lip = self.lip[rows]
+        use = np.isfinite(lip) & ~self.lip_broken[rows]
+        lo = np.full(len(rows), -np.inf)
+        hi = np.full(len(rows), np.inf)
+        if use.any():
+            c = self.beta[rows, None] * se
+            below = np.maximum(self.xmax[r2, node] - x[:, None], 0.0)
+            above = np.maximum(x[:, None] - self.xmin[r2, node], 0.0)
+            with np.errstate(invalid="ignore"):
+                lo_l = np.where(has, mean - c - lip[:, None] * below, -np.inf).max(axis=1)
+                hi_l = np.where(has, mean + c + lip[:, None] * above, np.inf).min(axis=1)
+            lo = np.where(use, lo_l, lo)
+            hi = np.where(use, hi_l, hi)
+        return m, path_c, lo, hi
