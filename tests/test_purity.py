@@ -7,6 +7,7 @@ first module after whose import ``ray`` or ``grpc`` shows up in sys.modules.
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -41,3 +42,25 @@ def test_pure_packages_import_neither_ray_nor_grpc(package: str) -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+#: What the pure packages may import of cluster_mgr: the shared data model, and the
+#: ground-truth curve families that conformance kits and oracles measure against.
+ALLOWED_FROM_CLUSTER_MGR = {"cluster_mgr.model", "cluster_mgr.curves"}
+
+
+@pytest.mark.parametrize("package", ["learners", "allocators"])
+def test_pure_packages_import_only_the_data_model_of_cluster_mgr(package: str) -> None:
+    offenders = []
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] == "cluster_mgr" and name not in ALLOWED_FROM_CLUSTER_MGR:
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} imports {name}")
+    assert not offenders, "\n".join(offenders)
