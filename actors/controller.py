@@ -10,8 +10,18 @@ allocator. Each loop tick it
 2. when a round is due, computes capacity per node (Ray's total minus what
    work outside the manager holds: total - available - our own
    reservations), runs ``GlobalAllocator.step`` and enforces the plan
-   through the agents in make, break, make phases (make-before-break), or in
-   shadow mode only logs it.
+   through the agents: two-phase (prepare at every agent, which asks its
+   participants; commit only if all voted yes, else abort everywhere and the
+   last good plan stays in force), then make, break, make phases
+   (make-before-break); in shadow mode it only logs it.
+
+Faults: the actor restarts itself (``max_restarts=-1``: its node died, or it
+was killed) and a restarted or new controller resumes from the run log at
+``config.log_uri``: jobs submitted and removed (events), the last plan that
+was not aborted, policy state, and the learners rebuilt by replaying the
+logged telemetry; its first plan has epoch last + 1, and agents refuse any
+older epoch, so a controller that was thought dead cannot apply an old plan.
+An agent that died for good (not restarted by Ray) is re-created on its node.
 
 Telemetry: ``ingest`` only de-duplicates (under its own lock, so a running
 round never blocks it), records lag and buffers the rows; a flush thread
@@ -30,6 +40,8 @@ import logging
 import math
 import threading
 import time
+import uuid
+import warnings
 from collections import deque
 from typing import Any
 
@@ -94,14 +106,27 @@ def list_policies() -> tuple[PolicyInfo, ...]:
                            "proportional fair share by weight", "built-in"),)  # fmt: skip
 
 
+def agents_can_share_log(log_uri: str) -> bool:
+    """Whether every NodeAgent can write parts the controller will read back: a shared store
+    (a URI with a scheme), or a local folder when every Ray node runs on this one machine."""
+    if "://" in log_uri:
+        return True
+    hosts = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    return len(hosts) <= 1
+
+
 class ControllerCore:
     """Everything the Controller actor does, without the actor wrapper."""
 
     def __init__(self, config: ManagerConfig, *, tick_s: float = 0.2, agent_options: dict[str, Any] | None = None,
-                 enforce_timeout_s: float = 120.0, flush_s: float = 0.5, flush_rows: int = 200_000) -> None:  # fmt: skip
+                 enforce_timeout_s: float = 120.0, flush_s: float = 0.5, flush_rows: int = 200_000,
+                 prepare_timeout_s: float = 20.0, agent_timeout_s: float = 5.0,
+                 agent_log: bool | None = None) -> None:  # fmt: skip
         self.config = config
         self.clock = SystemClock()
-        self.log = RunLog(config.log_uri, writer=f"ctl-{int(time.time())}")
+        # unique per incarnation: parts of two controllers never collide, and agents see a new
+        # incarnation (and re-send what is unacked) after a restart
+        self.log = RunLog(config.log_uri, writer=f"ctl-{int(time.time())}-{uuid.uuid4().hex[:6]}")
         self.ga = GlobalAllocator(
             config.jobs,
             make_policy(config.policy, dict(config.policy_options)),
@@ -126,8 +151,20 @@ class ControllerCore:
         self._flush_thread: threading.Thread | None = None
         self.tick_s = tick_s
         self.enforce_timeout_s = enforce_timeout_s
+        self.prepare_timeout_s = prepare_timeout_s  # an agent silent this long votes no
+        self.agent_timeout_s = agent_timeout_s  # an agent silent this long is pinged
+        self.restored = 0
+        self._started = False
+        self._start_lock = threading.Lock()
         self.agent_options = {"window_s": config.telemetry_window_s,
                               "fast_window_s": config.fast_window_s, **(agent_options or {})}  # fmt: skip
+        if agent_log is None:
+            agent_log = agents_can_share_log(config.log_uri)
+        self.agent_log = bool(agent_log)
+        if self.agent_log:  # agents log their node's telemetry and send partial sums
+            self.agent_options.update(log_uri=config.log_uri, aggregate=True)
+        self.learned_parts: set[str] = set()  # telemetry parts whose windows the learners have
+        self.replica_marks: dict[str, int] = {}  # reported by agents that keep the ledger
         self.agents: dict[str, Any] = {}
         self.agent_seen: dict[str, float] = {}
         self.reports: dict[str, dict[str, Any]] = {}
@@ -146,10 +183,25 @@ class ControllerCore:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
-        restored = 0
+        """Resume from the log when it holds decisions, attach to (or start) the agents, start
+        the loops. Idempotent: a second call returns the same summary."""
+        with self._start_lock:
+            if not self._started:
+                self._start()
+                self._started = True
+        return {"restored_windows": self.restored, "agents": sorted(self.agents),
+                "admin_address": self.admin_address, "epoch": self.ga.epoch}  # fmt: skip
+
+    def _start(self) -> None:
         if self.log.read("decisions").num_rows:
+            parts = self.log.parts("telemetry")  # exactly these are replayed
             with self.lock:
-                restored = self.ga.restore(self.log)
+                self.restored = self.ga.restore(self.log, parts)
+            with self.ledger_lock:
+                self.learned_parts.update(p.rsplit("/", 1)[-1] for p in parts)
+            self._event("controller_restored", self.log.writer,
+                        {"windows": self.restored, "epoch": self.ga.epoch, "round": self.ga.round,
+                         "jobs": [j.name for j in self.ga.jobs]})  # fmt: skip
         self.reconcile()
         self._start_admin()
         if self._thread is None:
@@ -159,8 +211,6 @@ class ControllerCore:
             self._flush_thread = threading.Thread(target=self._flush_loop, name="telemetry-flush",
                                                   daemon=True)  # fmt: skip
             self._flush_thread.start()
-        return {"restored_windows": restored, "agents": sorted(self.agents),
-                "admin_address": self.admin_address}  # fmt: skip
 
     def _start_admin(self) -> None:
         if not self.config.admin_bind or self.admin is not None:
@@ -229,9 +279,12 @@ class ControllerCore:
                                            "windows_lost_estimate": lost})  # fmt: skip
             with self.lock:
                 self.ga.request_round(f"node {nid} dead")
+        self._check_agents(alive)
+        new = []
         for nid in alive:
             if nid in self.agents:
                 continue
+            new.append(nid)
             self.agents[nid] = NodeAgent.options(
                 name=agent_name(nid),
                 namespace=self.config.namespace,
@@ -243,15 +296,42 @@ class ControllerCore:
             if self.alive:  # a node that joined after start: room for a round
                 with self.lock:
                     self.ga.request_round(f"node {nid} joined")
+        # what each (maybe pre-existing) agent runs, before any round counts its replicas'
+        # reservations as work outside the manager
+        refs = {nid: self.agents[nid].report.remote() for nid in new}
+        for nid, ref in refs.items():
+            try:
+                self.reports[nid] = ray.get(ref, timeout=60)
+                self.agent_seen[nid] = time.time()
+            except Exception as exc:  # the next push brings the report
+                log.warning("agent %s: no report yet: %s", nid, exc)
         self.alive = alive
 
+    def _check_agents(self, alive: dict[str, Any]) -> None:
+        """Agents silent for ``agent_timeout_s`` are pinged; one that died for good (Ray will
+        not restart it) is forgotten here and re-created on its node by ``reconcile``. Its
+        replicas keep serving meanwhile; the new agent adopts them by name."""
+        now = time.time()
+        stale = {nid: a for nid, a in self.agents.items()
+                 if nid in alive and now - self.agent_seen.get(nid, now) > self.agent_timeout_s}  # fmt: skip
+        if not stale:
+            return
+        refs = {nid: a.ping.remote() for nid, a in stale.items()}
+        for nid, ref in refs.items():
+            try:
+                ray.get(ref, timeout=2.0)
+            except ray.exceptions.ActorDiedError as exc:
+                self.agents.pop(nid, None)
+                self._event("agent_dead", nid, {"error": str(exc)[:300]})
+            except Exception:  # restarting or busy: Ray brings it back
+                continue
     def _record_node_loss(self, node_id: str, report: dict[str, Any]) -> int:
         """Windows the dead node's replicas closed after the last one we received: lost, and
         said so (the ledger counts them; status shows them)."""
         now = time.time()
         total = 0
         for name, info in report.get("replicas", {}).items():
-            have = self.ga.ledger.mark(name)
+            have = max(self.ga.ledger.mark(name), self.replica_marks.get(name, -1))
             produced = int(info.get("seq", 0)) - 1  # last closed seq at the report
             since = max(0.0, now - float(report.get("time", now)))
             n = max(0, produced - have) + int(since // self.config.telemetry_window_s)
@@ -308,6 +388,30 @@ class ControllerCore:
             }
         return out
 
+    def prepare(self, epoch: int, desired: dict[str, dict[str, dict[str, Any]]],
+                plan: Any) -> dict[str, str]:  # fmt: skip
+        """Phase one at every agent; returns the no votes as {"node/participant": reason}."""
+        noes: dict[str, str] = {}
+        agents = dict(self.agents)
+        for nid in desired:
+            if nid not in agents:
+                noes[f"{nid}/agent"] = "no agent on the node"
+        refs = {nid: a.prepare.remote(epoch, desired.get(nid, {}), plan) for nid, a in agents.items()}
+        deadline = time.time() + self.prepare_timeout_s
+        for nid, ref in refs.items():
+            try:
+                res = ray.get(ref, timeout=max(0.1, deadline - time.time()))
+            except ray.exceptions.GetTimeoutError:
+                noes[f"{nid}/agent"] = f"no answer within {self.prepare_timeout_s:g} s"
+                continue
+            except Exception as exc:  # agent dead or restarting: the plan cannot be applied there
+                noes[f"{nid}/agent"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                continue
+            for who, reason in res.get("votes", {}).items():
+                if reason is not None:
+                    noes[f"{nid}/{who}"] = str(reason)
+        return noes
+
     def enforce(self, decision: Decision) -> dict[str, Any]:
         epoch = decision.plan.epoch
         desired = self.desired_for(decision)
@@ -316,6 +420,26 @@ class ControllerCore:
         for nid in desired:
             if nid not in self.agents:
                 summary["missing_agent"].append(nid)
+        noes = self.prepare(epoch, desired, decision.plan)
+        if noes:  # abort everywhere; the last good plan stays in force
+            refs = [a.abort.remote(epoch) for a in self.agents.values()]
+            for ref in refs:
+                with contextlib.suppress(Exception):  # an unreachable agent never committed it
+                    ray.get(ref, timeout=self.enforce_timeout_s)
+            with self.lock:
+                self.ga.abort_plan(epoch, noes)
+            self.events.append({"time": time.time(), "kind": "plan_aborted",
+                                "subject": f"epoch {epoch}", "epoch": epoch, "votes": noes})  # fmt: skip
+            return {**summary, "aborted": True, "votes": noes}
+        refs = {nid: a.commit.remote(epoch) for nid, a in self.agents.items()}
+        for nid, ref in refs.items():
+            try:
+                res = ray.get(ref, timeout=self.enforce_timeout_s)
+            except Exception as exc:  # the make/break phases below retry the replicas' part
+                self._event("commit_failed", nid, {"epoch": epoch, "error": str(exc)[:300]})
+                continue
+            if res.get("errors"):
+                self._event("commit_errors", nid, {"epoch": epoch, "errors": res["errors"]})
         for phase in ("make", "break", "make"):
             calls = {nid: a.apply.remote(epoch, desired.get(nid, {}), phase)
                      for nid, a in self.agents.items()}  # fmt: skip
@@ -367,6 +491,41 @@ class ControllerCore:
             self.flush_telemetry()
         return {"ok": True, "rows": rows, "incarnation": self.incarnation,
                 "durable": self.durable_push(node_id, push)}  # fmt: skip
+
+    def ingest_partials(self, node_id: str, items: list[tuple[str, Any, dict[str, int]]],
+                        meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """Agent-log mode: an agent's partial per-(job, window) sums of windows it de-duplicated
+        and logged itself, one entry per log part (name, JobWindows or None, ledger counts).
+        Parts already learned (re-sent, or replayed from the log at start) are dropped."""
+        now = time.time()
+        self.agent_seen[node_id] = now
+        if meta:
+            self.reports[node_id] = meta
+        new = []
+        with self.ledger_lock:
+            for part, jw, stats in items:
+                if part in self.learned_parts:
+                    continue
+                self.learned_parts.add(part)
+                led = self.ga.ledger
+                led.received += int(stats.get("received", 0))
+                led.duplicates += int(stats.get("duplicates", 0))
+                led.lost += int(stats.get("lost", 0))
+                if jw is not None and len(jw):
+                    new.append(jw)
+            for name, mark in (meta or {}).get("marks", {}).items():
+                self.replica_marks[name] = max(int(mark), self.replica_marks.get(name, -1))
+        windows = 0
+        if new:
+            lag = np.concatenate([np.repeat(now - jw.end, jw.replicas) for jw in new])
+            with self.lag_lock:
+                self.lag_s.extend(lag.tolist())
+            with self.lock:
+                for jw in new:
+                    windows += self.ga.ingest_partials(jw, settle=False)
+                self.ga.settle()
+                self.ingested_rows += windows
+        return {"ok": True, "windows": windows, "incarnation": self.incarnation}
 
     def durable_push(self, node_id: str, push: dict[str, Any] | None) -> int:
         if not push:
@@ -486,13 +645,19 @@ class ControllerCore:
             log.exception("event not logged")
 
 
-@ray.remote(num_cpus=0, max_concurrency=32)
+@ray.remote(num_cpus=0, max_concurrency=32, max_restarts=-1)
 class Controller:
-    """The Ray actor: a thin wrapper; every method runs on the actor's thread pool."""
+    """The Ray actor: a thin wrapper; every method runs on the actor's thread pool. Restarted by
+    Ray when it dies (its node died, or it was killed), it resumes from the log at once."""
 
     def __init__(self, config: ManagerConfig, options: dict[str, Any] | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         self.core = ControllerCore(config, **(options or {}))
+        with warnings.catch_warnings():  # Ray's property reads a deprecated field internally
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:  # Ray restarted us: resume from the log without waiting to be told
+            self.core.start()
 
     def start(self) -> dict[str, Any]:
         return self.core.start()
@@ -539,12 +704,24 @@ class Controller:
                 "alive": sorted(c.alive), "dead": sorted(c.dead_nodes),
                 "counters": counters, "ingested_rows": c.ingested_rows,
                 "last_error": c.last_error, "reports": c.reports,
-                "events": list(c.events)[-50:],
+                "events": list(c.events)[-50:], "restored_windows": c.restored,
+                "incarnation": c.incarnation, "cpu_s": time.process_time(),
+                "agent_log": c.agent_log,
                 "last_decision_ms": c.ga.last_decision.decision_ms if c.ga.last_decision else None,
             }  # fmt: skip
 
     def lag_stats(self, reset: bool = False) -> dict[str, float]:
         return self.core.lag_stats(reset)
+
+    def ingest_partials(self, node_id: str, items: list[tuple[str, Any, dict[str, int]]],
+                        meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        return self.core.ingest_partials(node_id, items, meta)
+
+    def marks(self, replicas: list[str]) -> dict[str, int]:
+        """The last window ``seq`` received from each replica (-1: none yet)."""
+        c = self.core
+        with c.ledger_lock:
+            return {r: max(c.ga.ledger.mark(r), c.replica_marks.get(r, -1)) for r in replicas}
 
     def request_round(self) -> None:
         with self.core.lock:

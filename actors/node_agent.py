@@ -22,35 +22,95 @@ after handing over their last windows. The controller runs make, break, make
 over all agents: moves are make-before-break whenever there is room. Plans
 with an older epoch than one already applied are refused.
 
+Two-phase apply (actors/participants.py): before any of that, the controller
+sends ``prepare(epoch, desired, plan)`` to every agent; the agent asks its
+participants, the node's replicas (built in: sizes within the node's CPUs,
+valid workload models) and every registered PlanParticipant (device agents,
+constructed inside this process from ``participants`` options or registered
+with ``register_participant``), each within ``prepare_timeout_s``, and returns
+their votes. Only if every vote on every node is yes does the controller send
+``commit(epoch)`` and then the make/break/make phases; otherwise ``abort(epoch)``
+goes everywhere and the last good plan stays in force. An epoch older than one
+the agent has seen is refused in every phase (a controller thought dead cannot
+apply an old plan), and an aborted epoch can never be applied.
+
 Replicas and their placement groups are detached named actors, so they
-outlive an agent restart; the controller removes them on shutdown.
+outlive an agent restart; the controller removes them on shutdown. The data
+plane does not depend on the agent: while it is down (or restarting) the
+replicas keep serving under the last plan; only telemetry waits (unacked
+windows stay at the replicas) and plan changes wait.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import uuid
 from collections import Counter, deque
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.names import CONTROLLER, new_replica_name, pg_name, replica_prefix
-from actors.replica import Replica
-from cluster_mgr.model import FAST_WINDOW_S, TELEMETRY_WINDOW_S
+from actors.participants import PlanParticipant
+from actors.replica import Replica, draw_service_s
+from actors.window_buffer import WindowBuffer
+from cluster_mgr.feedback import TelemetryLedger, aggregate
+from cluster_mgr.model import FAST_WINDOW_S, TELEMETRY_WINDOW_S, PlacementPlan
+from cluster_mgr.store import RunLog
+from cluster_mgr.telemetry import windows_to_batch
 
 SIZE_TOL = 1e-6
+OUTBOX_MAX = 600  # partial sums waiting for a controller (5 min of pushes); their rows are logged
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
     # chunked, not combined: combining copied every push (~7 MB at 14,000 windows) for nothing,
     # Ray serialises a chunked table as it is
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def make_participant(spec: dict[str, Any]) -> PlanParticipant:
+    """A participant from options: ``{"factory": "module:Callable", "options": {...}}``; the
+    callable is called with the options as keyword arguments."""
+    module, _, attr = str(spec["factory"]).partition(":")
+    if not module or not attr:
+        raise ValueError(f"participant factory must be 'module:Callable', got {spec['factory']!r}")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(**dict(spec.get("options") or {}))
+
+
+class LocalSource:
+    """Telemetry of a participant living in this process, kept like a replica's: windows are
+    numbered here (one identity per participant per agent incarnation, ``seq`` from 0), so the
+    controller's dedupe and loss counting stay exact whatever the participant reports."""
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.buffer = WindowBuffer(max_rows=10_000)
+        self.seq = 0
+
+    def put(self, windows: list[Any]) -> None:
+        rows = []
+        for w in windows:
+            rows.append(replace(w, replica=self.replica, seq=self.seq))
+            self.seq += 1
+        if rows:
+            self.buffer.put(windows_to_batch(rows))
+
+    def take(self, after: int = -1) -> tuple[pa.Table | None, int]:
+        batches, last = self.buffer.take(after)
+        return (pa.Table.from_batches(batches) if batches else None), last
+
+    def ack(self, upto: int) -> int:
+        return self.buffer.ack(upto)
 
 
 class NodeAgentCore:
@@ -66,6 +126,10 @@ class NodeAgentCore:
         push_period_s: float = 0.5,
         start_timeout_s: float = 60.0,
         reserve_timeout_s: float = 10.0,
+        prepare_timeout_s: float = 10.0,
+        participants: list[dict[str, Any]] | None = None,
+        log_uri: str = "",
+        aggregate: bool = False,
     ) -> None:
         self.node_id = node_id
         self.namespace = namespace
@@ -73,7 +137,16 @@ class NodeAgentCore:
         self.push_period_s = push_period_s
         self.start_timeout_s = start_timeout_s
         self.reserve_timeout_s = reserve_timeout_s
-        self.epoch = -1
+        self.prepare_timeout_s = prepare_timeout_s
+        self.epoch = -1  # the newest epoch seen (prepare or apply): older ones are refused
+        self.committed = -1  # the last epoch put in force
+        self.staged: dict[int, dict[str, dict[str, Any]]] = {}  # epoch -> this node's desired
+        self.aborted: set[int] = set()
+        self.participants: dict[str, PlanParticipant] = {}
+        self.local: dict[str, LocalSource] = {}  # "participant:<name>" -> its telemetry
+        self.started_at = time.time()
+        self.node_cpu = next((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes()
+                              if n["NodeID"] == node_id), 0.0)  # fmt: skip
         self.lock = threading.RLock()
         self.push_lock = threading.Lock()  # one push at a time: cursors advance in order
         self.replicas: dict[str, Any] = {}  # name -> actor handle
@@ -92,7 +165,21 @@ class NodeAgentCore:
         self.restarted = False
         self._controller: Any = None
         self._stop = threading.Event()
+        # agent-log mode (``aggregate`` with a ``log_uri``): this agent de-duplicates and logs
+        # its node's replica windows itself and sends the controller partial sums
+        self.run_log: RunLog | None = None
+        self.ledger: TelemetryLedger | None = None
+        self._outbox: deque[tuple[str, Any, dict[str, int]]] = deque()
+        self.outbox_dropped = 0
+        if aggregate and log_uri:
+            self.run_log = RunLog(log_uri, writer=f"agent-{node_id[:8]}-{self.token}")
+            self.ledger = TelemetryLedger()
+            self.ledger.seed(self.run_log.replica_marks(node_id))  # what is logged already
         self._discover()
+        for spec in participants or ():
+            made = make_participant(spec)
+            if made is not None:  # a factory may find no such device on this node (devices.py)
+                self.register_participant(made)
 
     # -- discovery ---------------------------------------------------------------------
     def _discover(self) -> None:
@@ -125,7 +212,129 @@ class NodeAgentCore:
 
     def _all_sources(self) -> dict[str, Any]:
         with self.lock:
-            return {**self.replicas, **self.sources}
+            return {**self.replicas, **self.sources, **self.local}
+
+    # -- participants ------------------------------------------------------------------
+    def register_participant(self, participant: PlanParticipant) -> str:
+        """Add a plan participant (a local object, e.g. a device agent's client). It votes on
+        every plan from the next prepare on; its telemetry goes out with the node's."""
+        name = str(participant.name)
+        if name in ("replicas", "agent"):
+            raise ValueError(f"participant name {name!r} is the agent's own")
+        with self.lock:
+            if name in self.participants:
+                raise ValueError(f"participant {name!r} already registered on {self.node_id}")
+            self.participants[name] = participant
+            self.local[f"participant:{name}"] = LocalSource(
+                f"{replica_prefix(self.node_id)}participant.{name}:{self.token}")
+        return name
+
+    def unregister_participant(self, name: str) -> bool:
+        with self.lock:
+            p = self.participants.pop(name, None)
+        if p is None:
+            return False
+        with suppress(Exception):  # a participant that fails to close is gone anyway
+            p.close()
+        return True
+
+    def _poll_participants(self) -> None:
+        now = time.time()
+        with self.lock:
+            items = list(self.participants.items())
+        for name, p in items:
+            try:
+                windows = p.telemetry(now)
+            except Exception:  # a failing device does not stop the node's telemetry
+                self.push_failures += 1
+                continue
+            src = self.local.get(f"participant:{name}")
+            if src is not None:
+                src.put(list(windows or ()))
+
+    def _prepare_replicas(self, desired: dict[str, dict[str, Any]]) -> str | None:
+        """The replicas' vote: every size positive, the node's total within its CPUs, every
+        workload model valid (a replica would refuse to start otherwise)."""
+        total = 0.0
+        for job, spec in desired.items():
+            sizes = [float(x) for x in spec.get("sizes", ())]
+            if any(x <= 0 for x in sizes):
+                return f"job {job}: replica sizes must be > 0, got {sizes}"
+            total += sum(sizes)
+            try:
+                draw_service_s(dict(spec.get("workload", {})), np.random.default_rng(0))
+            except (ValueError, TypeError) as exc:
+                return f"job {job}: workload: {exc}"
+        if self.node_cpu and total > self.node_cpu + SIZE_TOL:
+            return f"replicas need {total:.1f} CPU, the node has {self.node_cpu:.1f}"
+        return None
+
+    def prepare(self, epoch: int, desired: dict[str, dict[str, Any]],
+                plan: PlacementPlan | None = None) -> dict[str, Any]:  # fmt: skip
+        """Phase one: every participant validates and stages its part; nothing changes in force.
+
+        Returns ``{"votes": {participant: None (yes) | reason}, ...}``. A participant that does
+        not answer within ``prepare_timeout_s`` votes no (its thread is left to finish)."""
+        with self.lock:
+            if epoch < self.epoch or epoch in self.aborted:
+                why = "aborted" if epoch in self.aborted else f"older than epoch {self.epoch}"
+                return {"node_id": self.node_id, "epoch": epoch, "refused": True,
+                        "votes": {"agent": f"epoch {epoch} is {why}"}}  # fmt: skip
+            self.epoch = epoch
+            items = list(self.participants.items())
+        votes: dict[str, str | None] = {"replicas": self._prepare_replicas(desired)}
+        results: dict[str, str | None] = {}
+
+        def ask(name: str, p: PlanParticipant) -> None:
+            try:
+                r = p.prepare(plan, self.node_id) if plan is not None else None
+                results[name] = None if r is None else str(r)
+            except Exception as exc:  # a participant that fails to prepare says no
+                results[name] = f"{type(exc).__name__}: {exc}"
+
+        threads = {name: threading.Thread(target=ask, args=(name, p), daemon=True,
+                                          name=f"prepare-{name}") for name, p in items}  # fmt: skip
+        for t in threads.values():
+            t.start()
+        deadline = time.time() + self.prepare_timeout_s
+        for name, t in threads.items():
+            t.join(max(0.0, deadline - time.time()))
+            votes[name] = results.get(name, f"no answer within {self.prepare_timeout_s:g} s")
+        with self.lock:
+            self.staged[epoch] = desired
+            for old in [e for e in self.staged if e < epoch]:
+                self.staged.pop(old)
+        return {"node_id": self.node_id, "epoch": epoch, "refused": False, "votes": votes}
+
+    def commit(self, epoch: int) -> dict[str, Any]:
+        """Phase two: put the staged plan in force at every participant (the replicas follow in
+        the controller's make/break/make phases, which need every node's make before any break)."""
+        with self.lock:
+            if epoch < self.epoch or epoch in self.aborted or epoch not in self.staged:
+                return {"node_id": self.node_id, "epoch": epoch, "refused": True}
+            self.committed = epoch
+            items = list(self.participants.items())
+        errors = {}
+        for name, p in items:
+            try:
+                p.commit(epoch)
+            except Exception as exc:  # reported; the controller records it
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        return {"node_id": self.node_id, "epoch": epoch, "refused": False, "errors": errors}
+
+    def abort(self, epoch: int) -> dict[str, Any]:
+        """Drop what was staged for ``epoch`` everywhere; the last committed plan stays."""
+        with self.lock:
+            self.aborted.add(epoch)
+            self.staged.pop(epoch, None)
+            items = list(self.participants.items())
+        errors = {}
+        for name, p in items:
+            try:
+                p.abort(epoch)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        return {"node_id": self.node_id, "epoch": epoch, "errors": errors}
 
     def collect_once(self, only: tuple[str, ...] | None = None) -> int:
         """Take, push, ack what is durable; returns rows the controller admitted.
@@ -137,12 +346,17 @@ class NodeAgentCore:
             sources = self._all_sources()
             if only is not None:
                 sources = {k: v for k, v in sources.items() if k in only}
-            refs = {name: h.take.remote(self.taken.get(name, self.cursor.get(name, -1)))
+            if only is None:
+                self._poll_participants()
+            refs = {name: h.take(self.taken.get(name, self.cursor.get(name, -1)))
+                    if isinstance(h, LocalSource) else
+                    h.take.remote(self.taken.get(name, self.cursor.get(name, -1)))
                     for name, h in sources.items()}  # fmt: skip
             tables, lasts = [], {}
             for name, ref in refs.items():
                 try:
-                    table, last = ray.get(ref, timeout=max(5.0, 4 * self.push_period_s))
+                    table, last = ref if isinstance(ref, tuple) else ray.get(
+                        ref, timeout=max(5.0, 4 * self.push_period_s))  # fmt: skip
                 except ray.exceptions.RayActorError:
                     self._forget(name)  # died with its node or was stopped
                     continue
@@ -151,6 +365,8 @@ class NodeAgentCore:
                 if table is not None and table.num_rows:
                     tables.append(table)
                 lasts[name] = last
+            if self.ledger is not None:
+                return self._push_logged(tables, lasts)
             table = _concat(tables) if tables else None
             meta = self.report()
             self._push_id += 1
@@ -180,6 +396,61 @@ class NodeAgentCore:
             self.pushes += 1
             return int(reply.get("rows", rows))
 
+    def _push_logged(self, tables: list[pa.Table], lasts: dict[str, int]) -> int:
+        """Agent-log mode (under ``push_lock``): drop windows seen before (marks seeded from the
+        log at start, so also across a restart), write the new ones as one log part under this
+        agent's writer id (renamed into place: durable), ack them at their sources at once, then
+        send the controller their per-(job, window) partial sums keyed by the part's name, with
+        the ledger's counts. Partials not confirmed are re-sent with the next push; the
+        controller drops parts it has already learned (also those it replayed from the log)."""
+        assert self.ledger is not None and self.run_log is not None
+        ledger = self.ledger
+        if tables:
+            state = ledger.checkpoint()
+            before = (ledger.received, ledger.duplicates, ledger.lost)
+            fresh = ledger.admit(_concat(tables))
+            try:
+                path = self.run_log.append("telemetry", fresh) if fresh.num_rows else None
+            except Exception:  # not durable: the sources keep the windows, the marks go back
+                ledger.rollback(state)
+                self.push_failures += 1
+                return 0
+            stats = {"received": ledger.received - before[0],
+                     "duplicates": ledger.duplicates - before[1], "lost": ledger.lost - before[2]}  # fmt: skip
+            if path is not None:
+                self._outbox.append((path.rsplit("/", 1)[-1], aggregate(fresh, self.window_s), stats))
+            elif stats["duplicates"] or stats["lost"]:
+                self._outbox.append((f"{self.token}:nolog:{self._push_id}", None, stats))
+        handles = self._all_sources()
+        for name, last in lasts.items():
+            self.taken[name] = max(last, self.taken.get(name, -1))
+            if last > self.cursor.get(name, -1) and name in handles:
+                self.cursor[name] = last
+                h = handles[name]
+                h.ack(last) if isinstance(h, LocalSource) else h.ack.remote(last)
+        while len(self._outbox) > OUTBOX_MAX:  # no controller for minutes: learned on replay
+            self._outbox.popleft()
+            self.outbox_dropped += 1
+        meta = self.report()
+        with self.lock:
+            meta["marks"] = {n: ledger.mark(n) for n in self.infos}
+        self._push_id += 1
+        items = list(self._outbox)
+        try:
+            reply = ray.get(self.controller().ingest_partials.remote(self.node_id, items, meta),
+                            timeout=60)  # fmt: skip
+        except Exception:
+            self.push_failures += 1
+            self._controller = None
+            return 0
+        for _ in items:
+            self._outbox.popleft()
+        self._incarnation = reply.get("incarnation")
+        rows = sum(int(s["received"]) for _, _, s in items)
+        self.pushed_rows += rows
+        self.pushes += 1
+        return rows
+
     def _rewind(self) -> None:
         """Forget what was taken but not acked: the next take starts at the last ack."""
         self.taken = dict(self.cursor)
@@ -196,7 +467,8 @@ class NodeAgentCore:
         for name, last in upto.items():
             if last > self.cursor.get(name, -1) and name in handles:
                 self.cursor[name] = last
-                handles[name].ack.remote(last)
+                h = handles[name]
+                h.ack(last) if isinstance(h, LocalSource) else h.ack.remote(last)
 
     def _forget(self, name: str) -> None:
         with self.lock:
@@ -224,6 +496,10 @@ class NodeAgentCore:
             return {
                 "node_id": self.node_id,
                 "epoch": self.epoch,
+                "committed": self.committed,
+                "participants": sorted(self.participants),
+                "started_at": self.started_at,
+                "cpu_s": time.process_time(),  # this agent process's CPU time (benchmarks)
                 "replicas": {n: dict(i) for n, i in self.infos.items()},
                 "sources": sorted(self.sources),
                 "pushed_rows": self.pushed_rows,
@@ -256,9 +532,10 @@ class NodeAgentCore:
         return start, stop
 
     def apply(self, epoch: int, desired: dict[str, dict[str, Any]], phase: str) -> dict[str, Any]:
-        if epoch < self.epoch:
-            return {"refused": True, "epoch": self.epoch, "node_id": self.node_id}
-        self.epoch = epoch
+        with self.lock:
+            if epoch < self.epoch or epoch in self.aborted:
+                return {"refused": True, "epoch": self.epoch, "node_id": self.node_id}
+            self.epoch = epoch
         start, stop = self._diff(desired)
         out: dict[str, Any] = {"node_id": self.node_id, "epoch": epoch, "refused": False}
         if phase == "make":
@@ -369,6 +646,10 @@ class NodeAgentCore:
             names = list(self.replicas)
         return len(self._stop_replicas(names))
 
+    def close_participants(self) -> None:
+        for name in list(self.participants):
+            self.unregister_participant(name)
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=8)
 class NodeAgent:
@@ -381,7 +662,27 @@ class NodeAgent:
 
     def ping(self) -> dict[str, Any]:
         return {"node_id": self.core.node_id, "actual_node": ray.get_runtime_context().get_node_id(),
-                "restarted": self.core.restarted, "epoch": self.core.epoch}  # fmt: skip
+                "restarted": self.core.restarted, "epoch": self.core.epoch,
+                "started_at": self.core.started_at}  # fmt: skip
+
+    def prepare(self, epoch: int, desired: dict[str, dict[str, Any]],
+                plan: PlacementPlan | None = None) -> dict[str, Any]:  # fmt: skip
+        return self.core.prepare(epoch, desired, plan)
+
+    def commit(self, epoch: int) -> dict[str, Any]:
+        return self.core.commit(epoch)
+
+    def abort(self, epoch: int) -> dict[str, Any]:
+        return self.core.abort(epoch)
+
+    def register_participant(self, spec: dict[str, Any]) -> str:
+        """Construct a participant in this process from ``{"factory": "module:Callable",
+        "options": {...}}`` and register it (gone with a restart: pass specs in the agent's
+        ``participants`` option to have them rebuilt)."""
+        return self.core.register_participant(make_participant(spec))
+
+    def unregister_participant(self, name: str) -> bool:
+        return self.core.unregister_participant(name)
 
     def apply(self, epoch: int, desired: dict[str, dict[str, Any]], phase: str) -> dict[str, Any]:
         return self.core.apply(epoch, desired, phase)
@@ -401,4 +702,6 @@ class NodeAgent:
 
     def shutdown(self) -> int:
         self.core.stop()
-        return self.core.shutdown_replicas()
+        stopped = self.core.shutdown_replicas()
+        self.core.close_participants()
+        return stopped

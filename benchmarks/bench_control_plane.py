@@ -1,10 +1,13 @@
 """End-to-end telemetry and decision throughput of the Ray backend on a 4-node cluster.
 
 Path measured: windows closed by telemetry sources on each node -> taken by
-that node's NodeAgent -> pushed to the Controller as Arrow -> de-duplicated,
-buffered and written to the run log (one parquet part per 0.5 s flush) and
-merged into the learners (interval-tree LearnerBank) -> reported durable ->
-acked at the sources.
+that node's NodeAgent -> (agent-log mode, the default on one machine)
+de-duplicated and written to the run log by the agent (one Parquet part per
+push, under its own writer id), acked at the sources, and sent to the
+Controller as per-(job, window) partial sums -> merged into the learners
+(interval-tree LearnerBank). With --controller-log: pushed to the Controller as
+Arrow, de-duplicated, buffered and written to the log by the controller (one
+part per 0.5 s flush), merged into the learners, reported durable, acked.
 
 * ingest_job_windows_per_s: replica windows the controller admitted and then
   logged and learned, per second over the measurement period (after a warm-up).
@@ -13,9 +16,21 @@ acked at the sources.
   packing, plan, decision log) with 1, 10 and 100 jobs on this cluster's nodes.
 
 The sources emit many (job, replica) streams each (see actors/telemetry_source.py):
-real replicas are processes and this 2-core machine runs a handful.
+real replicas are processes and this 2-core machine runs a handful. Each source
+draws its stream-windows from a bank of 4,096 pre-drawn ones (a gather, ~17 ms
+per 14,000-row window); drawing 96 Poisson buckets per stream-window live cost
+~140 ms per window per source, a quarter of the machine for four sources (a
+large part of why earlier measurements fell behind).
 
-Usage: python benchmarks/bench_control_plane.py [--seconds 30] [--jobs 1000] [--replicas 14]
+Measured here (2 cores shared with other work, 4 nodes, 1000 jobs, 40 s after
+8 s warm-up): agent-log, 14 streams/node (56,000 windows/s offered): ingest
+56,000/s, lag p99 492-598 ms, controller 0.04-0.05 CPU-s/s, agents 0.28-0.30;
+21 streams/node (84,000/s offered): 83,300/s, lag p99 719 ms. Controller-log,
+56,000/s offered: all of it, lag p99 384-450 ms on a quiet machine; 35,700/s,
+lag p99 10.3 s with other work running (its controller used 0.21 CPU-s/s: the
+limit there is moving every window through the object store twice at nice 15).
+
+Usage: python benchmarks/bench_control_plane.py [--seconds 30] [--jobs 1000] [--replicas 14] [--controller-log]
 """
 
 from __future__ import annotations
@@ -72,6 +87,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=14, help="streams per job per node")
     ap.add_argument("--rate", type=float, default=20.0, help="requests/s per stream")
+    ap.add_argument("--controller-log", action="store_true",
+                    help="agents send replica windows and the controller logs them (the default on "
+                         "one machine: agents log their node's windows and send partial sums)")
     args = ap.parse_args()
     store = 100 * 1024**2
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 16, "object_store_memory": store,
@@ -83,7 +101,8 @@ def main() -> None:
     jobs = tuple(JobSpec(f"j{i:04d}", slo=SLO(target=20.0)) for i in range(args.jobs))
     cfg = ManagerConfig(address=cluster.address, namespace=NS, round_s=30.0, shadow=True,
                         log_uri=log_dir, admin_bind="", jobs=jobs)  # fmt: skip
-    manager = RayManager(cfg, {"agent_options": {"push_period_s": 0.5}})
+    manager = RayManager(cfg, {"agent_options": {"push_period_s": 0.5},
+                               "agent_log": not args.controller_log})  # fmt: skip
     sources = []
     try:
         manager.start()
@@ -116,6 +135,9 @@ def main() -> None:
         ingested = i1["ingested_rows"] - i0["ingested_rows"]
         obs = i1["counters"]["observations"] - i0["counters"]["observations"]
         rate = ingested / elapsed
+        ctl_cpu = (i1["cpu_s"] - i0["cpu_s"]) / elapsed
+        agents_cpu = sum(i1["reports"][n].get("cpu_s", 0.0) - i0["reports"].get(n, {}).get("cpu_s", 0.0)
+                         for n in i1["reports"]) / elapsed  # fmt: skip
         caps = [NodeInfo(n, ResourceVector(cpu=16.0)) for n in nodes]
         overhead = {
             str(n): round(round_overhead(caps, n, tempfile.mkdtemp()), 3) for n in (1, 10, 100)
@@ -130,6 +152,8 @@ def main() -> None:
         table.add_row("windows ingested: logged + learned", f"{ingested:,}")
         table.add_row("ingest (job-windows/s)", f"{rate:,.0f}")
         table.add_row("learner observations (job x window)", f"{obs:,}")
+        table.add_row("controller CPU (s per s)", f"{ctl_cpu:.2f}")
+        table.add_row("NodeAgents CPU, all four (s per s)", f"{agents_cpu:.2f}")
         table.add_row("lag window close -> controller p50 (ms)", f"{lag['p50_ms']:.0f}")
         table.add_row("lag window close -> controller p99 (ms)", f"{lag['p99_ms']:.0f}")
         table.add_row("lost / duplicate / late windows (total)",
@@ -142,10 +166,13 @@ def main() -> None:
         for n, ms in overhead.items():
             table.add_row(f"round overhead, {n} jobs (ms)", f"{ms:.2f}")
         Console().print(table)
-        print(json.dumps({"ingest_job_windows_per_s": round(rate, 1), "lag_p99_ms": round(lag["p99_ms"], 1),
+        print(json.dumps({"mode": "controller-log" if args.controller_log else "agent-log",
+                          "ingest_job_windows_per_s": round(rate, 1), "lag_p99_ms": round(lag["p99_ms"], 1),
                           "round_overhead_ms": overhead,
                           "produced_job_windows_per_s": round((p1 - p0) / elapsed, 1),
                           "observations_per_s": round(obs / elapsed, 1),
+                          "controller_cpu_s_per_s": round(ctl_cpu, 3),
+                          "agents_cpu_s_per_s": round(agents_cpu, 3),
                           "late_windows": i1["counters"]["late"] - i0["counters"]["late"]}))  # fmt: skip
     finally:
         for s in sources:

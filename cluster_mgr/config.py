@@ -28,7 +28,7 @@ from cluster_mgr.model import (
     ResourceVector,
     UtilitySpec,
 )
-from cluster_mgr.settings import ManagerConfig
+from cluster_mgr.settings import DPU_PRESETS, PIM_PRESETS, DeviceOptions, ManagerConfig
 
 TOKEN_ENV = "CLUSTER_MGR_TOKEN"
 
@@ -322,7 +322,85 @@ MANAGER_KEYS = (
     "object_store_mb",
     "num_cpus",
 )
-TOP_KEYS = ("manager", "jobs")
+TOP_KEYS = ("manager", "jobs", "devices")
+DEVICE_KEYS = (
+    "envoy", "dpu_preset", "mesh_address", "mesh_token",
+    "pim_preset", "pim_address", "pim_token", "pim_apps",
+)  # fmt: skip
+PIM_APP_KEYS = ("profile", "load_rps", "big_cores")
+
+
+def _choice(t: _Table, key: str, default: str | None, choices: tuple[str, ...]) -> str | None:
+    value = t.get_str(key, default)
+    if value is not None and value not in choices:
+        raise t.error(key, _with_hint(f"expected one of {list(choices)}, got {value!r}", value,
+                                      list(choices)))  # fmt: skip
+    return value
+
+
+def _check_pim_profile(j: _Table, prof: str | dict[str, Any]) -> None:
+    from pim_agent.presets import AppProfile
+    from pim_agent.workloads import STREAM, TAILBENCH
+
+    known = sorted({*TAILBENCH, STREAM.name})
+    if isinstance(prof, str):
+        if prof not in known:
+            raise j.error("profile", _with_hint(f"unknown PIM profile {prof!r} (known: {known})",
+                                                prof, known))  # fmt: skip
+        return
+    try:
+        AppProfile(**{"name": "x", **prof})
+    except (TypeError, ValueError) as exc:
+        raise j.error("profile", f"not a PIM app profile: {exc}") from None
+
+
+def _parse_devices(top: _Table) -> dict[str, DeviceOptions]:
+    """``[devices.<node id or "default">]`` tables -> DeviceOptions per node."""
+    t = top.table("devices")
+    if t is None:
+        return {}
+    out: dict[str, DeviceOptions] = {}
+    d = DeviceOptions()
+    for node in list(t.data):
+        n = t.table(node)
+        assert n is not None
+        n.check_unknown(DEVICE_KEYS)
+        opts: dict[str, Any] = {
+            "envoy": n.get_bool("envoy", d.envoy),
+            "dpu_preset": _choice(n, "dpu_preset", d.dpu_preset, DPU_PRESETS),
+            "pim_preset": _choice(n, "pim_preset", d.pim_preset, PIM_PRESETS),
+        }
+        for kind in ("mesh", "pim"):
+            addr = n.get_str(f"{kind}_address")
+            tok = n.get_str(f"{kind}_token")
+            if addr is not None:
+                check_bind(n.where, _join(n.path, f"{kind}_address"), addr)
+                if not tok:
+                    raise n.error(f"{kind}_token", f"required with {kind}_address (the agent's token)")
+            elif tok is not None:
+                raise n.error(f"{kind}_token", f"only meaningful with {kind}_address")
+            opts[f"{kind}_address"], opts[f"{kind}_token"] = addr, tok
+        apps: dict[str, dict[str, Any]] = {}
+        a = n.table("pim_apps")
+        if a is not None:
+            if not (opts["pim_preset"] or opts["pim_address"]):
+                raise n.error("pim_apps", "needs pim_preset or pim_address")
+            for job in list(a.data):
+                j = a.table(job)
+                assert j is not None
+                j.check_unknown(PIM_APP_KEYS)
+                prof = j._get("profile", (str, dict), False)
+                _check_pim_profile(j, job if prof is None else prof)
+                apps[job] = {
+                    "profile": job if prof is None else prof,
+                    "load_rps": j.number("load_rps", 0.0),
+                    "big_cores": j.get_int("big_cores", 0, minimum=0),
+                }
+                if apps[job]["load_rps"] < 0:
+                    raise j.error("load_rps", f"expected a number >= 0, got {apps[job]['load_rps']:g}")
+        opts["pim_apps"] = apps
+        out[node] = DeviceOptions(**opts)
+    return out
 
 
 def check_bind(where: str, key: str, value: str) -> str:
@@ -412,6 +490,7 @@ def parse_config(
         seen[job.name] = i
         jobs.append(job)
     kwargs["jobs"] = tuple(jobs)
+    kwargs["devices"] = _parse_devices(top)
     config = ManagerConfig(**kwargs)
     _check_policy_and_learner(where, config)
     return config

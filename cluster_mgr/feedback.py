@@ -185,6 +185,23 @@ class TelemetryLedger:
         self.duplicates += n - kept
         return table if kept == n else table.filter(pa.array(keep))
 
+    def seed(self, marks: Mapping[str, int]) -> None:
+        """Start from known marks (windows already logged), without counting anything."""
+        for name, m in marks.items():
+            g = self._gid(name)
+            self._marks[g] = max(int(self._marks[g]), int(m))
+
+    def checkpoint(self) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+        """The state ``rollback`` returns to (an admit whose rows could not be written)."""
+        return self._marks.copy(), self._lost.copy(), self.received, self.duplicates, self.lost
+
+    def rollback(self, state: tuple[np.ndarray, np.ndarray, int, int, int]) -> None:
+        marks, lost, self.received, self.duplicates, self.lost = state
+        self._marks[: len(marks)] = marks
+        self._marks[len(marks) :] = -1
+        self._lost[: len(lost)] = lost
+        self._lost[len(lost) :] = 0
+
     def record_lost(self, replica: str, count: int) -> None:
         """Windows known to be gone (a replica died holding unacked windows)."""
         if count > 0:

@@ -7,6 +7,48 @@ from typing import Any
 
 from cluster_mgr.model import DEFAULT_ROUND_S, FAST_WINDOW_S, TELEMETRY_WINDOW_S, JobSpec
 
+DPU_PRESETS = ("bluefield2", "bluefield3")
+PIM_PRESETS = ("pimcloud", "hbm3")
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """A node's emulated devices (docs/devices.md). All off by default.
+
+    ``envoy``: run the DPU mesh agent with a real Envoy as the node proxy, on the
+    ``dpu_preset`` device (or connect to ``mesh_address`` with ``mesh_token``).
+    ``pim_preset``: run the PIM agent on that device preset (or connect to
+    ``pim_address`` with ``pim_token``); ``pim_apps``: job -> {profile, load_rps,
+    big_cores} registered with it.
+    """
+
+    envoy: bool = False
+    dpu_preset: str = "bluefield2"
+    mesh_address: str | None = None
+    mesh_token: str | None = None
+    pim_preset: str | None = None
+    pim_address: str | None = None
+    pim_token: str | None = None
+    pim_apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.envoy or self.mesh_address or self.pim_preset or self.pim_address)
+
+    def as_options(self) -> dict[str, Any]:
+        """Plain options for ``actors.devices.participants_for_node``."""
+        return {
+            "envoy": self.envoy, "dpu_preset": self.dpu_preset, "mesh_address": self.mesh_address,
+            "mesh_token": self.mesh_token, "pim_preset": self.pim_preset,
+            "pim_address": self.pim_address, "pim_token": self.pim_token,
+            "pim_apps": {k: dict(v) for k, v in self.pim_apps.items()},
+        }  # fmt: skip
+
+
+def devices_for_node(devices: dict[str, DeviceOptions], node_id: str) -> DeviceOptions:
+    """The node's own entry, else ``"default"``, else everything off."""
+    return devices.get(node_id) or devices.get("default") or DeviceOptions()
+
 
 @dataclass(frozen=True)
 class ManagerConfig:
@@ -36,3 +78,5 @@ class ManagerConfig:
     object_store_mb: int = 100
     num_cpus: int | None = None  # local mode only: logical CPUs of the local Ray instance
     jobs: tuple[JobSpec, ...] = ()
+    # node id (or "default") -> its emulated devices; empty: no device agents anywhere
+    devices: dict[str, DeviceOptions] = field(default_factory=dict)

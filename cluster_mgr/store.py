@@ -143,14 +143,31 @@ class RunLog:
             if i.is_file and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
         )
 
-    def read(self, table: str) -> pa.Table:
-        """Every complete part of ``table`` (ignores temporary files of a crashed writer)."""
+    def read(self, table: str, parts: Sequence[str] | None = None) -> pa.Table:
+        """Every complete part of ``table`` (ignores temporary files of a crashed writer), or
+        just ``parts`` (paths from ``parts(table)``)."""
         schema = SCHEMAS[table]
-        parts = self.parts(table)
+        parts = self.parts(table) if parts is None else list(parts)
         if not parts:
             return schema.empty_table()
         tables = [pq.read_table(p, filesystem=self._fs, schema=schema) for p in parts]
         return pa.concat_tables(tables)
+
+    def replica_marks(self, node_id: str) -> dict[str, int]:
+        """The highest telemetry ``seq`` logged per replica of ``node_id`` (two columns read,
+        row groups of other nodes skipped by their statistics): what a restarted NodeAgent that
+        logs its own telemetry needs to drop windows it already logged."""
+        marks: dict[str, int] = {}
+        for p in self.parts("telemetry"):
+            t = pq.read_table(p, filesystem=self._fs, columns=["replica", "seq"],
+                              filters=[("node_id", "==", node_id)])  # fmt: skip
+            if not t.num_rows:
+                continue
+            g = t.group_by("replica").aggregate([("seq", "max")])
+            for r, s in zip(g.column("replica").to_pylist(), g.column("seq_max").to_pylist(),
+                            strict=True):  # fmt: skip
+                marks[r] = max(int(s), marks.get(r, -1))
+        return marks
 
     def read_decisions(self) -> list[dict[str, Any]]:
         rows = self.read("decisions").to_pylist()

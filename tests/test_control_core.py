@@ -253,17 +253,66 @@ def test_restore_replays_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
                             ga.log, round_s=30.0)  # fmt: skip
     assert fresh.restore() == 3
     assert "c" in {j.name for j in fresh.jobs}
-    assert fresh.epoch > ga.epoch
+    assert fresh.epoch == ga.epoch  # the next plan is last + 1
     assert fresh.plan == ga.plan and fresh.last is not None
     assert fresh.model("a").values == ga.model("a").values  # type: ignore[union-attr]
     # windows the old incarnation already had are duplicates now
     fresh.ingest_batch(batch)
     assert fresh.counters["duplicates"] == 3
     d = fresh.step(nodes())
-    assert d.plan.epoch > ga.epoch
+    assert d.plan.epoch == ga.epoch + 1
+
+
+def test_aborted_plan_leaves_the_last_good_plan_in_force(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    clock = ManualClock(50.0)
+    ga = make_ga(tmp_path, clock)
+    good = ga.step(nodes())
+    clock.advance(30.0)
+    ga.submit(JobSpec("c", weight=2.0))
+    refused = ga.step(nodes())
+    assert refused.plan.epoch == good.plan.epoch + 1 and ga.plan == refused.plan
+    ga.abort_plan(refused.plan.epoch, {"n1/mesh": "no capacity"})
+    assert ga.plan == good.plan and ga.last == good.allocation and ga.epoch == refused.plan.epoch
+    events = [e for e in ga.log.read("events").to_pylist() if e["kind"] == "plan_aborted"]  # type: ignore[union-attr]
+    assert len(events) == 1 and "no capacity" in events[0]["detail"]
+    nxt = ga.step(nodes())
+    assert nxt.plan.epoch == refused.plan.epoch + 1  # a refused epoch is never reused
+    ga.abort_plan(nxt.plan.epoch, {"n2/pim": "timeout"})
+    # a restarted controller takes the last plan that was not refused, and fences past all
+    fresh = GlobalAllocator(JOBS, ProportionalFairShare(), lambda s: CountingLearner(), clock,
+                            ga.log, round_s=30.0)  # fmt: skip
+    fresh.restore()
+    assert fresh.plan == good.plan and fresh.epoch == nxt.plan.epoch
 
 
 def test_spec_roundtrip() -> None:
     spec = JobSpec("x", slo=SLO(target=5.0), minimum=ResourceVector(cpu=0.5), pins=("n1",),
                    maximum=ResourceVector(cpu=3.0), workload={"service_ms": 2.0})  # fmt: skip
     assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+def test_ledger_seed_and_rollback() -> None:
+    ledger = TelemetryLedger()
+    ledger.seed({"a-0": 4})
+    t = as_table([win("a", "a-0", s, 100.0 + s, [1.0]) for s in range(3, 8)])
+    state = ledger.checkpoint()
+    fresh = ledger.admit(t)
+    assert fresh.column("seq").to_pylist() == [5, 6, 7] and ledger.duplicates == 2
+    ledger.rollback(state)  # the rows could not be logged: admitting them again finds them new
+    assert ledger.mark("a-0") == 4 and ledger.duplicates == 0
+    assert ledger.admit(t).num_rows == 3
+
+
+def test_partial_sums_learn_like_the_rows_they_sum(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = [win(j, f"{j}-{r}", s, 100.0 + s, [1.0] * 10 + [30.0] * (r + 1)) for j in ("a", "b")
+            for r in range(3) for s in range(4)]  # fmt: skip
+    # the clock inside the windows: nothing is final (nor late) before flush
+    by_rows, by_sums = make_ga(tmp_path / "1", ManualClock(101.0)), make_ga(tmp_path / "2", ManualClock(101.0))
+    by_rows.ingest_batch(as_table(rows))
+    for r in range(3):  # one agent's partial sums per replica group, as agents send them
+        by_sums.ingest_partials(aggregate([w for w in rows if w.replica.endswith(f"-{r}")]))
+    by_rows.flush()
+    by_sums.flush()
+    assert by_rows.counters["windows"] == by_sums.counters["windows"] == len(rows)
+    for job in ("a", "b"):
+        assert by_rows.model(job).values == by_sums.model(job).values  # type: ignore[union-attr]

@@ -81,3 +81,16 @@ def test_part_buffer_keeps_rows_when_a_write_fails(tmp_path, monkeypatch) -> Non
     table, tags = buf.flush()
     assert table is not None and table.num_rows == 2 and tags == [1, 2]
     assert [r["seq"] for r in log.read("telemetry").to_pylist()] == [0, 1]
+
+
+def test_replica_marks_per_node_and_reading_listed_parts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    log = RunLog(str(tmp_path / "log"), writer="w1")
+    first = log.append("telemetry", windows_to_batch([_window(0), _window(1)]))
+    other = replace(_window(7), node_id="n2", replica="b-0")
+    log.append("telemetry", windows_to_batch([_window(2), other]))
+    assert log.replica_marks("n1") == {"a-0": 2}
+    assert log.replica_marks("n2") == {"b-0": 7}
+    assert log.replica_marks("n3") == {}
+    assert log.read("telemetry", parts=[first]).num_rows == 2

@@ -215,6 +215,7 @@ class GlobalAllocator:
         self.draining: set[str] = set()
         self.nodes: tuple[NodeInfo, ...] = ()
         self.last_decision: Decision | None = None
+        self._in_force: tuple[Allocation | None, PlacementPlan | None, dict[str, Any]] | None = None
         self._next_round_at = clock.now()  # the first round is due at once: place the jobs
         self._dirty = True
 
@@ -287,8 +288,17 @@ class GlobalAllocator:
         table = as_table(data) if admitted else self.ledger.admit(as_table(data))
         n = table.num_rows
         if n:
+            self.ingest_partials(aggregate(table, self.window_s), settle=False)
+        self.settle()
+        return n
+
+    def ingest_partials(self, jw: JobWindows, settle: bool = True) -> int:
+        """Partial per-(job, window) sums of admitted replica windows (``aggregate`` output,
+        e.g. one NodeAgent's, of windows it de-duplicated and logged itself); returns how many
+        replica windows they hold."""
+        n = int(jw.replicas.sum()) if len(jw) else 0
+        if n:
             self._counters.windows += n
-            jw = aggregate(table, self.window_s)
             late = jw.index < self._final_before
             if late.any():
                 self._counters.late += int(jw.replicas[late].sum())
@@ -296,7 +306,8 @@ class GlobalAllocator:
                 jw = jw.select(~late)
             for k in np.unique(jw.index).tolist():
                 self._pending.setdefault(int(k), []).append(jw.select(jw.index == k))
-        self.settle()
+        if settle:
+            self.settle()
         return n
 
     def settle(self, now: float | None = None) -> int:
@@ -461,6 +472,8 @@ class GlobalAllocator:
             self._dirty = False
             raise
         decision_ms = (_time.perf_counter() - t0) * 1e3
+        # what was in force before: a plan the participants refuse (abort_plan) falls back to it
+        self._in_force = (self.last, self.plan, self.policy_state)
         self.round, self.epoch = snap.round, snap.epoch
         self.last, self.plan, self.policy_state = alloc, result.plan, state
         self._next_round_at = self.clock.now() + self.round_s
@@ -481,6 +494,15 @@ class GlobalAllocator:
                 note="shadow: decided and logged, not enforced" if self.shadow else "",
             )
         return decision
+
+    def abort_plan(self, epoch: int, votes: Mapping[str, str]) -> None:
+        """The plan of ``epoch`` was refused in the prepare phase (``votes``: who said no and
+        why): the allocation, plan and policy state in force before it stay in force. The epoch
+        is not reused (a refused plan's epoch stays fenced); the event lets ``restore`` skip it."""
+        if self.plan is not None and self.plan.epoch == epoch and self._in_force is not None:
+            self.last, self.plan, self.policy_state = self._in_force
+            self._in_force = None
+        self._event("plan_aborted", f"epoch {epoch}", {"epoch": int(epoch), "votes": dict(votes)})
 
     # -- explanations ------------------------------------------------------------------
     def explain(self, job: str) -> Explanation:
@@ -544,17 +566,22 @@ class GlobalAllocator:
         if self.log is not None:
             self.log.append_event(self.clock.now(), kind, subject, detail)
 
-    def restore(self, log: RunLog | None = None) -> int:
+    def restore(self, log: RunLog | None = None, telemetry_parts: Sequence[str] | None = None) -> int:
         """Rebuild from a run log: jobs (submit/remove/drain events), learners (replayed
-        telemetry), the last allocation, plan and policy state; the epoch moves past every
-        logged one so plans of the previous incarnation are fenced. Returns windows replayed."""
+        telemetry: every part, or ``telemetry_parts``), the last allocation, plan and policy
+        state that were not aborted. The epoch resumes at the last logged one, so the next plan
+        is last + 1 and agents refuse anything the previous incarnation can still send (every
+        plan is logged before any agent sees it). Returns windows replayed."""
         log = log or self.log
         if log is None:
             raise ValueError("restore needs a RunLog")
         events = log.read("events").to_pylist()
+        aborted: set[int] = set()
         for e in sorted(events, key=lambda r: r["time"]):
             detail = json.loads(e["detail"] or "{}")
-            if e["kind"] == "submit" and "spec" in detail:
+            if e["kind"] == "plan_aborted" and "epoch" in detail:
+                aborted.add(int(detail["epoch"]))
+            elif e["kind"] == "submit" and "spec" in detail:
                 self._jobs[e["subject"]] = spec_from_dict(detail["spec"])
             elif e["kind"] == "remove":
                 self._jobs.pop(e["subject"], None)
@@ -563,14 +590,18 @@ class GlobalAllocator:
             elif e["kind"] == "undrain":
                 self.draining.discard(e["subject"])
         decisions = log.read_decisions()
-        if decisions:
-            d = decisions[-1]
+        good = [d for d in decisions if int(d["epoch"]) not in aborted]
+        if good:  # the last plan that was not refused is the one in force
+            d = good[-1]
             self.last = Allocation.from_dict(d["allocation"])
             self.plan = PlacementPlan.from_dict(d["plan"])
             self.policy_state = d["policy_state"] or {}
-            self.round = int(d["round"])
-            self.epoch = max(int(r["epoch"]) for r in decisions) + 1
-        telemetry = log.read("telemetry")
+        if decisions:
+            self.round = max(int(r["round"]) for r in decisions)
+            # every plan is logged before any agent sees it, so the next one (last + 1) is newer
+            # than anything the previous incarnation can still send: agents refuse older epochs
+            self.epoch = max(int(r["epoch"]) for r in decisions)
+        telemetry = log.read("telemetry", telemetry_parts)
         saved_log, self.log = self.log, None  # replay must not re-log
         try:
             self.ingest_batch(telemetry)

@@ -4,7 +4,9 @@
 manager's namespace (detached on a cluster, so the manager outlives the
 process that started it); the controller starts one NodeAgent per node.
 Every ControlPlane method forwards to the controller, so a RayManager is a
-ControlPlane the CLI and the admin server can use in-process.
+ControlPlane the CLI and the admin server can use in-process. When the
+controller dies, Ray restarts it (``max_restarts=-1``) and it resumes from the
+run log; ``wait_controller()`` blocks until it answers again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.controller import Controller
 from actors.names import CONTROLLER
@@ -55,6 +58,10 @@ class RayManager:
             namespace=self.config.namespace,
             get_if_exists=True,  # on a cluster: attach to the running manager
             lifetime=None if self.local else "detached",
+            # beside the process that started it while that node lives (on a cluster: usually
+            # the head); anywhere else when it dies (Ray restarts it and it resumes from the log)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True),
         ).remote(self.config, self.controller_options)
         info = ray.get(self.controller.start.remote(), timeout=120)
         self.admin_address = info.get("admin_address", "")
@@ -81,6 +88,17 @@ class RayManager:
     # -- waiting -----------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         return ray.get(self.controller.info.remote(), timeout=60)
+
+    def wait_controller(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Block until the controller answers (after a restart: once it has resumed)."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return ray.get(self.controller.info.remote(), timeout=max(1.0, deadline - time.time()))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise
+            time.sleep(0.2)  # polling a restarting actor, not standing in for work
 
     def wait_rounds(self, n: int, timeout: float = 120.0) -> dict[str, Any]:
         """Block until ``n`` more rounds have been decided and enforced (or shadow-logged)."""
