@@ -48,6 +48,7 @@ class LearnerBank:
         self._models: dict[str, Learner] = {}
         self._rows: dict[str, int] = {}
         self._last_time: dict[str, float] = {}
+        self._checked: set[str] = set()  # interval jobs whose learner adds its own batch checks
 
     # -- membership ---------------------------------------------------------------------
     def jobs(self) -> list[str]:
@@ -74,6 +75,7 @@ class LearnerBank:
         self.model(job)
         if job in self._rows:
             self._store.remove_row(self._rows.pop(job))
+        self._checked.discard(job)
         del self._models[job]
         self._last_time.pop(job, None)
 
@@ -90,6 +92,8 @@ class LearnerBank:
             self._store.copy_row(m._store, m._row, row)
             m._store, m._row = self._store, row
             self._rows[job] = row
+            if type(m).check_batch is not Learner.check_batch:
+                self._checked.add(job)
         self._models[job] = m
 
     # -- updates ---------------------------------------------------------------------------
@@ -119,6 +123,13 @@ class LearnerBank:
         t = np.broadcast_to(np.asarray(time, dtype=float), (n,))
         if not np.all(np.isfinite(t)):
             raise ValueError("time must be finite")
+        if dim == 1 and self._rows:  # every job a known interval tree with the stock checks
+            get = self._rows.get
+            rows = np.fromiter((get(j, -1) for j in jobs), dtype=np.int64, count=n)
+            if (rows >= 0).all() and not any(j in self._checked for j in jobs):
+                self._learn_intervals(rows, np.arange(n), a, ld, v, s)
+                self._last_time.update(zip(jobs, t.tolist(), strict=True))
+                return
         new = {j: self._make(j) for j in dict.fromkeys(jobs) if j not in self._models}
         groups: dict[str, np.ndarray] = {}
         idx_of: dict[str, list[int]] = {}
@@ -208,6 +219,7 @@ class LearnerBank:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("_checked", set())
         self.__dict__.update(state)
         models: dict[str, Learner] = {}
         for j, m in self._models.items():

@@ -20,12 +20,14 @@ inflated by the measured factor.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 from scipy import optimize, stats
 
-from learners.base import Learner, Monotone, Side, as_alloc_matrix, side_index
+from learners.base import Learner, Monotone, Side, _scalar, as_alloc_matrix, side_index
 
 N_PARAMS = 4
 #: false-alarm level of the residual test
@@ -69,13 +71,50 @@ class ErnestLearner(Learner):
         self._noise_scale = 1.0
         self._radius = float(np.sqrt(stats.chi2.ppf(1.0 - delta, N_PARAMS)))
         self._dirty = False
+        self._scalars: list[tuple[float, float, float, float]] = []  # queued single windows
 
     # -- learning ----------------------------------------------------------------------
+    def learn_arrays(
+        self,
+        alloc: np.ndarray | Sequence[float],
+        load: np.ndarray | Sequence[float] | float,
+        value: np.ndarray | Sequence[float],
+        sigma: np.ndarray | Sequence[float] | float,
+    ) -> None:
+        """As ``Learner.learn_arrays``; one scalar observation (a telemetry window) takes a
+        plain-Python path: the same checks, then an append, folded into the Gram matrix in
+        one vectorized step when the model is next read (the general path names problems)."""
+        if type(self).check_batch is not ErnestLearner.check_batch:
+            return super().learn_arrays(alloc, load, value, sigma)
+        try:
+            a, ld, v, sg = _scalar(alloc), _scalar(load), _scalar(value), _scalar(sigma)
+        except TypeError:
+            return super().learn_arrays(alloc, load, value, sigma)
+        if not (math.isfinite(a) and math.isfinite(ld) and math.isfinite(v) and math.isfinite(sg)) \
+                or a < self.min_alloc or ld < 0 or sg <= 0:
+            return super().learn_arrays(alloc, load, value, sigma)
+        self._scalars.append((a, ld, v, sg))
+        self.n_observations += 1
+        self._dirty = True
+        return None
+
+    def _fold(self) -> None:
+        """Add queued single observations to the sufficient statistics."""
+        sc = self.__dict__.get("_scalars")
+        if sc:
+            arr = np.array(sc, dtype=float)
+            self._scalars = []
+            self._accumulate(arr[:, :1], arr[:, 1], arr[:, 2], arr[:, 3])
+
     def check_batch(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
         if np.any(alloc[:, 0] < self.min_alloc):
             raise ValueError(f"ernest: allocation below min_alloc={self.min_alloc} (log/1/alloc undefined)")
 
     def _learn_batch(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
+        self._fold()  # keep arrival order
+        self._accumulate(alloc, load, value, sigma)
+
+    def _accumulate(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
         if len(value) == 1:  # one window: plain floats are cheaper than array plumbing
             a, w, y = max(float(alloc[0, 0]), MIN_ALLOC), 1.0 / float(sigma[0]) ** 2, float(value[0])
             f = np.array([1.0, float(load[0]) / a, np.log(a), a])
@@ -94,6 +133,7 @@ class ErnestLearner(Learner):
         self._refit()
 
     def _refit(self) -> None:
+        self._fold()
         if not getattr(self, "_dirty", False):
             return
         self._dirty = False
@@ -180,6 +220,7 @@ class ErnestLearner(Learner):
 
     def _sigma_rms(self) -> float:
         """Root mean square of the stated sigmas (from the sum of weights 1/sigma^2)."""
+        self._fold()
         return float(np.sqrt(self.n_observations / self._A[0, 0])) if self._A[0, 0] > 0 else float("nan")
 
     @property

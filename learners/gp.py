@@ -22,12 +22,14 @@ misspecification flag rises and the std is inflated by the measured factor.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 from scipy import linalg, stats
 
-from learners.base import Learner, Monotone, as_alloc_matrix
+from learners.base import Learner, Monotone, _scalar, as_alloc_matrix
 
 SQRT5 = float(np.sqrt(5.0))
 #: lengthscale factors (times each dimension's observed range) tried by the fit
@@ -95,6 +97,7 @@ class GPUCBLearner(Learner):
         self._SYY = np.zeros(0)  # ... sums of squared values (for the within-point scatter)
         self._noise_scale = 1.0
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._scalars: list[tuple[float, ...]] = []  # single observations (inputs..., y, s^2), in order
         self._xlo = np.full(d, np.inf)
         self._xhi = np.full(d, -np.inf)
         self._sw = self._swy = self._swyy = 0.0
@@ -131,13 +134,56 @@ class GPUCBLearner(Learner):
     def _learn_batch(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
         y, s = self._transform(value, sigma)
         # Queue; the working set absorbs queued data in one vectorized pass when next read.
+        self._pack_scalars()  # keep arrival order
         self._pending.append((self._inputs(alloc, load), y, s**2))
         n = self.n_observations + len(y)
         if n >= max(8, 2 * self._n_at_fit):  # refit on doubling: O(log n) fits in all
             self._drain()
             self._fit_hyper(n)
 
+    def learn_arrays(
+        self,
+        alloc: np.ndarray | Sequence[float],
+        load: np.ndarray | Sequence[float] | float,
+        value: np.ndarray | Sequence[float],
+        sigma: np.ndarray | Sequence[float] | float,
+    ) -> None:
+        """As ``Learner.learn_arrays``; one scalar observation (a telemetry window) takes a
+        plain-Python path: the same checks, then an append (the general path names problems)."""
+        if self.dim != 1 or type(self).check_batch is not GPUCBLearner.check_batch:
+            return super().learn_arrays(alloc, load, value, sigma)
+        try:
+            a, ld, v, sg = _scalar(alloc), _scalar(load), _scalar(value), _scalar(sigma)
+        except TypeError:
+            return super().learn_arrays(alloc, load, value, sigma)
+        if not (math.isfinite(a) and math.isfinite(ld) and math.isfinite(v) and math.isfinite(sg)) \
+                or a < 0 or ld < 0 or sg <= 0:
+            return super().learn_arrays(alloc, load, value, sigma)
+        if self.log_value:
+            if v <= 0:
+                raise ValueError("gp_ucb with log_value=True needs values > 0")
+            y, sd = float(np.log(v)), sg / v
+        else:
+            y, sd = v, sg
+        self._scalars.append((a, ld, y, sd * sd) if self.use_load else (a, y, sd * sd))
+        self.n_observations += 1
+        n = self.n_observations
+        if n >= max(8, 2 * self._n_at_fit):  # refit on doubling, as in _learn_batch
+            self._drain()
+            self._fit_hyper(n)
+        return None
+
+    def _pack_scalars(self) -> None:
+        """Turn queued single observations into one pending block (arrival order kept)."""
+        sc = self.__dict__.get("_scalars")
+        if sc:
+            arr = np.array(sc, dtype=float)
+            self._scalars = []
+            d = self._d
+            self._pending.append((arr[:, :d], arr[:, d], arr[:, d + 1]))
+
     def _sync(self) -> None:
+        self._pack_scalars()
         if getattr(self, "_pending", None) and self._n_at_fit:
             self._drain()
             self._refresh()
@@ -145,6 +191,7 @@ class GPUCBLearner(Learner):
 
     def _drain(self) -> None:
         """Fold queued observations into the working set."""
+        self._pack_scalars()
         if not self._pending:
             return
         X, y, s2 = (np.concatenate(c) for c in zip(*self._pending, strict=True))
@@ -273,7 +320,15 @@ class GPUCBLearner(Learner):
                           1e-9 + 1e-6 * np.abs(self._xhi))
         r = self._Y - mu0
 
+        seen: dict[tuple[float, float], float] = {}
+
         def loglik(lf: float, amp: float) -> float:
+            if (lf, amp) in seen:  # the passes below revisit grid points
+                return seen[(lf, amp)]
+            seen[(lf, amp)] = ll = _loglik(lf, amp)
+            return ll
+
+        def _loglik(lf: float, amp: float) -> float:
             K = self._kernel_matrix(slice(None), lf * span, amp)
             try:
                 cf = linalg.cho_factor(K, lower=True, check_finite=False)

@@ -10,11 +10,14 @@ owns a one-row store.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 
-from learners.base import Learner, Monotone, Side, as_alloc_matrix, side_index
+from cluster_mgr.model import Observation
+from learners.base import Learner, Monotone, Side, _scalar, as_alloc_matrix, side_index
 from learners.interval_store import IntervalStore, RowParams
 
 
@@ -100,6 +103,42 @@ class IntervalLearner(Learner):
         return self._params.lipschitz
 
     # -- learning and queries ------------------------------------------------------------
+    def learn_one(self, obs: Observation) -> None:
+        if type(obs) is Observation and len(obs.alloc) == 1 and self._learn_scalar(
+                obs.alloc[0], obs.load, obs.value, obs.sigma):
+            return
+        super().learn_one(obs)
+
+    def learn_arrays(
+        self,
+        alloc: np.ndarray | Sequence[float],
+        load: np.ndarray | Sequence[float] | float,
+        value: np.ndarray | Sequence[float],
+        sigma: np.ndarray | Sequence[float] | float,
+    ) -> None:
+        if not self._learn_scalar(alloc, load, value, sigma):
+            super().learn_arrays(alloc, load, value, sigma)
+
+    def _learn_scalar(self, alloc: object, load: object, value: object, sigma: object) -> bool:
+        """Fast path for one observation given as scalars or one-element arrays (a telemetry
+        window): checks in plain Python and an append to the store's queue. False: the input
+        is not of that shape or is invalid, and the general path (which names the problem)
+        must handle it."""
+        try:
+            a, ld, v, s = _scalar(alloc), _scalar(load), _scalar(value), _scalar(sigma)
+        except TypeError:
+            return False
+        if not (math.isfinite(a) and math.isfinite(ld) and math.isfinite(v) and math.isfinite(s)):
+            return False
+        if a < 0 or ld < 0 or s <= 0 or type(self).check_batch is not Learner.check_batch:
+            return False
+        if ld > 0:
+            self._store.add_one(self._row, a / ld, v, 1.0 / (s * s))
+            self._store.nobs[self._row] += 1.0
+        else:
+            self.n_ignored += 1
+        return True
+
     def _learn_batch(self, alloc: np.ndarray, load: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> None:
         if len(value) == 1 and load[0] > 0:  # one window: skip the masking
             self._store.add(np.array([self._row]), alloc[0] / load, value, 1.0 / sigma**2)
@@ -121,6 +160,46 @@ class IntervalLearner(Learner):
         rows = np.full(len(a), self._row, dtype=np.int64)
         return self._store.query(rows, np.where(np.isfinite(x), x, np.finfo(float).max))
 
+    @classmethod
+    def bounds_batch(
+        cls, models: Sequence[IntervalLearner], alloc: np.ndarray, load: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many learners at once: row i of ``alloc`` (k, m) for ``models[i]`` at ``load[i]``;
+        three (k, m) arrays, equal to the rows of ``models[i].bounds(alloc[i], load[i])``.
+
+        Learners sharing a store (a ``LearnerBank``) are answered by one vectorized lookup
+        in its cached bound tables; the allocators' ``query_bounds`` uses this.
+        """
+        models = list(models)
+        a = np.asarray(alloc, dtype=float)
+        if a.ndim == 1:
+            a = a[:, None]
+        k = len(models)
+        if a.ndim != 2 or len(a) != k:
+            raise ValueError(f"alloc must have shape ({k}, m), got {np.shape(alloc)}")
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise ValueError("allocation must be finite and non-negative")
+        ld = np.broadcast_to(np.asarray(load, dtype=float), (k,))
+        if not np.all(np.isfinite(ld)) or np.any(ld < 0):
+            raise ValueError("load must be finite and >= 0")
+        m = a.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            x = np.where(ld[:, None] > 0, a / np.where(ld > 0, ld, 1.0)[:, None], np.inf)
+        x = np.where(np.isfinite(x), x, np.finfo(float).max)
+        out = np.empty((3, k, m))
+        groups: dict[int, tuple[IntervalStore, list[int]]] = {}
+        for i, mod in enumerate(models):
+            if not isinstance(mod, IntervalLearner):
+                raise ValueError(f"bounds_batch expects interval learners, got {type(mod).__name__}")
+            groups.setdefault(id(mod._store), (mod._store, []))[1].append(i)
+        for store, idx in groups.values():
+            ix = np.asarray(idx)
+            rows = np.repeat(np.array([models[i]._row for i in idx], dtype=np.int64), m)
+            res = store.query(rows, x[ix].reshape(-1))
+            for j in range(3):
+                out[j, ix] = res[j].reshape(len(ix), m)
+        return out[0], out[1], out[2]
+
     def demand(self, goal: float, load: float, side: Side = "lower", *, hi: float = 1e4, tol: float = 1e-3) -> float:
         """Exact for the lower side: the smallest x whose lcb step reaches ``goal``, times load.
 
@@ -137,10 +216,14 @@ class IntervalLearner(Learner):
         if goal <= st.lo[r]:
             return 0.0
         st.refresh(np.array([r]))
-        reach = np.flatnonzero(st.lo_vals[r] >= goal)
-        if len(reach) == 0 or st.lo_keys[r, reach[0]] > 1.0:
+        reach = np.flatnonzero(st.lo_tab[r] >= goal)
+        if len(reach) == 0:
             return float("inf")
-        alloc = float(st.lo_keys[r, reach[0]] * st.x_max[r] * load)
+        e = int(reach[0])  # lcb(x) >= goal once x's eligible leaves reach boundary e
+        leaf = st.n_leaves - 2 + e  # heap index of leaf e - 1
+        # x in leaf e-1 qualifies from that leaf's largest x on (from its start if it is empty)
+        xe = st.xmax[r, leaf] if st.cnt[r, leaf] > 0 else (e - 1) * st.x_max[r] / st.n_leaves
+        alloc = float(xe * load)
         return alloc if alloc <= hi else float("inf")
 
     def explain(self) -> dict[str, object]:

@@ -7,16 +7,21 @@ stored in heap order (level h starts at 2^h - 1). Per node we keep the
 precision-weighted sums (sum w, sum w*y, sum w*y^2, with w = 1/sigma^2), the
 count and the smallest / largest x seen.
 
-Bounds for an increasing f (all rows, no Lipschitz constant needed):
-  lcb(x) = max over nodes whose largest x is <= x of (mean - c)
-  ucb(x) = min over nodes whose smallest x is >= x of (mean + c)
-with c = beta * s / sqrt(sum w). Every point of such a node lies left (right) of
-x, so by monotonicity the node mean of f is below (above) f(x): the bound is
-valid whenever the node's concentration holds, and a union bound over all
-nodes gives beta. Both bounds are step functions that are non-decreasing in x
-by construction (a prefix max and a suffix min), which is Cilantro's
-monotone projection. With a Lipschitz constant L the node that contains x
-also contributes mean -/+ (c + L * distance), which is the Cilantro node width.
+Bounds for an increasing f (all rows, no Lipschitz constant needed) come from
+a family of windows, contiguous runs of leaves (``_windows``): at level h, lower
+windows end on a grid finer than the level's nodes and start at a node
+boundary, upper windows mirror them. With c = beta * s / sqrt(sum w):
+  lcb(x) = max over lower windows whose data all lie at or left of x of (mean - c)
+  ucb(x) = min over upper windows whose data all lie at or right of x of (mean + c)
+By monotonicity the window's mean of f is below (above) f(x): the bound is
+valid whenever the window's concentration holds, and a union bound over the
+family's one-sided events gives beta (simultaneous over all x). The best
+window per leaf boundary, then a prefix max (lower) and suffix min (upper), is
+cached per row (``lo_tab`` / ``hi_tab``): both bounds are non-decreasing step
+functions by construction (Cilantro's monotone projection) and a query is two
+lookups. Every tree node is a member of both families; with a Lipschitz
+constant L the nodes on x's path also contribute mean -/+ (c + L * distance),
+which is the Cilantro node width.
 """
 
 from __future__ import annotations
@@ -39,6 +44,41 @@ MIN_NOISE_DOF = 30
 def _z(tail: float) -> float:
     """Upper-tail normal quantile (cached: a bank makes many rows with the same delta)."""
     return float(stats.norm.isf(tail))
+
+
+#: window ends (lower side) and starts (upper side) of level h lie on the level-(h + GRID) grid
+GRID = 2
+#: rows per chunk when refreshing checks and bound tables (keeps the temporaries in cache)
+TABLE_CHUNK = 32
+
+
+@lru_cache(maxsize=16)
+def _windows(depth: int) -> tuple[tuple[int, int, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """The window family of a depth-``depth`` tree, in leaf boundaries 0..2^depth, per level.
+
+    Level h has node width wl = 2^(depth-h) leaves and grid step q = max(wl / 2^GRID, 1).
+    Lower side: for every end e on the q-grid with e >= wl, the window [a, e) whose start
+    a is the level-h node boundary with wl <= e - a < 2 wl. Upper side, mirrored: for every
+    start s on the q-grid with s + wl <= 2^depth, the window [s, b) with b the level-h
+    boundary, wl <= b - s < 2 wl. Every tree node is in both families (so the Lipschitz
+    bounds on path nodes are covered by the same union bound). Per level: (wl, q,
+    lower starts, upper ends, upper starts); lower ends are ``wl, wl + q, ..., 2^depth``.
+    """
+    nl = 1 << depth
+    out = []
+    for h in range(depth + 1):
+        wl = 1 << (depth - h)
+        q = max(wl >> GRID, 1)
+        e = np.arange(wl, nl + 1, q)
+        s_ = np.arange(0, nl - wl + 1, q)
+        out.append((wl, q, (e // wl - 1) * wl, -(-(s_ + wl) // wl) * wl, s_))
+    return tuple(out)
+
+
+@lru_cache(maxsize=16)
+def _n_events(depth: int) -> int:
+    """Number of one-sided deviation events the bound is a union over (both families)."""
+    return int(sum(len(lo) + len(hi) for _, _, lo, hi, _ in _windows(depth)))
 
 
 @dataclass
@@ -67,6 +107,7 @@ class IntervalStore:
         # the trees: a stream of single observations then costs one append each.
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_n = 0
+        self._scalars: list[tuple[int, float, float, float]] = []  # single observations, as floats
         self._alloc_arrays(max(1, capacity))
 
     # -- storage -------------------------------------------------------------------
@@ -87,10 +128,10 @@ class IntervalStore:
         self.cnt = grow(g("cnt"), 0.0, (capacity, n), float)
         self.xmin = grow(g("xmin"), np.inf, (capacity, n), float)
         self.xmax = grow(g("xmax"), -np.inf, (capacity, n), float)
-        self.lo_keys = grow(g("lo_keys"), 1.5, (capacity, n), float)
-        self.lo_vals = grow(g("lo_vals"), -np.inf, (capacity, n), float)
-        self.hi_keys = grow(g("hi_keys"), 1.5, (capacity, n), float)
-        self.hi_vals = grow(g("hi_vals"), np.inf, (capacity, n), float)
+        # lo_tab[r, e]: lcb of any x whose left-eligible leaves end at leaf boundary e (prefix max);
+        # hi_tab[r, s]: ucb of any x whose right-eligible leaves start at boundary s (suffix min)
+        self.lo_tab = grow(g("lo_tab"), -np.inf, (capacity, self.n_leaves + 1), float)
+        self.hi_tab = grow(g("hi_tab"), np.inf, (capacity, self.n_leaves + 1), float)
         self.x_max = grow(g("x_max"), 0.0, (capacity,), float)
         self.noise_scale = grow(g("noise_scale"), 1.0, (capacity,), float)
         self.beta = grow(g("beta"), 0.0, (capacity,), float)
@@ -106,6 +147,22 @@ class IntervalStore:
         self.in_use = grow(self.in_use, False, (capacity,), bool)
         self.reason: list[str] = list(g("reason", [])) + [""] * (capacity - old)
         self.capacity = capacity
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickle; a store pickled before the window tables existed rebuilds them on first use."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_scalars", [])
+        if "lo_tab" not in state:
+            for name in ("lo_keys", "lo_vals", "hi_keys", "hi_vals"):
+                self.__dict__.pop(name, None)
+            shape = (self.capacity, self.n_leaves + 1)
+            self.lo_tab, self.hi_tab = np.full(shape, -np.inf), np.full(shape, np.inf)
+            self.beta[self.in_use] = stats.norm.isf(self._delta_of_beta() / _n_events(self.depth))
+            self.dirty[:] = True
+
+    def _delta_of_beta(self) -> np.ndarray:
+        """The delta behind the node-only beta of an old pickle (beta = z(delta / (2 n_nodes)))."""
+        return stats.norm.sf(self.beta[self.in_use]) * 2 * self.n_nodes
 
     def add_row(self, params: RowParams) -> int:
         """A fresh, empty row with ``params``; returns its index."""
@@ -123,7 +180,7 @@ class IntervalStore:
 
     def set_params(self, r: int, params: RowParams) -> None:
         self.flush()
-        self.beta[r] = _z(params.delta / (2 * self.n_nodes))
+        self.beta[r] = _z(params.delta / _n_events(self.depth))
         self.beta_flag[r] = _z(min(params.delta, FLAG_ALPHA) / (2 * self.n_nodes))
         self.lo[r], self.hi[r] = params.lo, params.hi
         self.lip[r] = np.nan if params.lipschitz is None else params.lipschitz
@@ -152,8 +209,7 @@ class IntervalStore:
             raise ValueError(f"cannot copy a depth-{src.depth} tree into a depth-{self.depth} store")
         src.flush()
         self.flush()
-        for name in ("w", "wy", "wyy", "cnt", "xmin", "xmax", "lo_keys", "lo_vals", "hi_keys",
-                     "hi_vals", "x_max", "noise_scale", "beta", "beta_flag", "lo", "hi", "lip",
+        for name in ("w", "wy", "wyy", "cnt", "xmin", "xmax", "lo_tab", "hi_tab", "x_max", "noise_scale", "beta", "beta_flag", "lo", "hi", "lip",
                      "nobs", "nonmono", "lip_broken", "flag", "dirty"):
             getattr(self, name)[rd] = getattr(src, name)[rs]
         self.reason[rd] = src.reason[rs]
@@ -199,8 +255,21 @@ class IntervalStore:
         if self._pending_n >= 8192:  # bound the buffer's memory
             self.flush()
 
+    def add_one(self, r: int, x: float, y: float, wt: float) -> None:
+        """Queue one observation (x >= 0 finite, weight 1/sigma^2) for row r: an append."""
+        sc = self._scalars
+        sc.append((r, x, y, wt))
+        self.dirty[r] = True
+        if len(sc) >= 8192:
+            self.flush()
+
     def flush(self) -> None:
         """Fold every queued observation into the trees."""
+        sc = self.__dict__.get("_scalars")
+        if sc:
+            arr = np.array(sc, dtype=float)
+            self._scalars = []
+            self._pending.append((arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2], arr[:, 3]))
         if not self._pending:
             return
         parts = self._pending
@@ -215,13 +284,21 @@ class IntervalStore:
         if len(x) == 0:
             return
         single = bool(rows[0] == rows[-1]) and (len(rows) < 3 or bool(np.all(rows == rows[0])))
-        urows = rows[:1] if single else np.unique(rows)
-        for r in urows:  # domain set-up / growth is per row and rare
-            xb = float(x.max() if single else x[rows == r].max())
+        if single:
+            urows = rows[:1]
+            xb = np.array([x.max()])
+        else:  # the largest x per row, in one pass
+            urows = np.unique(rows)
+            top = np.full(self.capacity, -np.inf)
+            np.maximum.at(top, rows, x)
+            xb = top[urows]
+        xm = self.x_max[urows]
+        for r, b_ in zip(urows[(xm <= 0) | (xb >= xm)], xb[(xm <= 0) | (xb >= xm)], strict=True):
+            b_ = float(b_)  # domain set-up / growth is per row and rare
             if self.x_max[r] <= 0:
-                self.x_max[r] = 2.0 ** np.ceil(np.log2(2 * xb)) if xb > 0 else 1.0
-            if xb >= self.x_max[r]:
-                self._grow_domain(int(r), int(np.floor(np.log2(xb / self.x_max[r]))) + 1)
+                self.x_max[r] = 2.0 ** np.ceil(np.log2(2 * b_)) if b_ > 0 else 1.0
+            if b_ >= self.x_max[r]:
+                self._grow_domain(int(r), int(np.floor(np.log2(b_ / self.x_max[r]))) + 1)
         u = x / self.x_max[rows]
         leaf = np.minimum((u * self.n_leaves).astype(np.int64), self.n_leaves - 1)
         node = self._offsets + (leaf[:, None] >> self._shifts)
@@ -235,21 +312,29 @@ class IntervalStore:
                 arr[r] += np.bincount(flat, weights=np.repeat(v, k), minlength=self.n_nodes)
             np.minimum.at(self.xmin[r], flat, xr)
             np.maximum.at(self.xmax[r], flat, xr)
-        else:  # many trees: sum only the touched nodes
+        else:  # many trees: sort the touched nodes once, reduce each run
             flat = (rows[:, None].astype(np.int64) * self.n_nodes + node).reshape(-1)
-            uniq, inv = np.unique(flat, return_inverse=True)
+            order = np.argsort(flat, kind="stable")
+            sf = flat[order]
+            first = np.flatnonzero(np.concatenate(([True], sf[1:] != sf[:-1])))
+            uniq = sf[first]
+            src = order // k  # observation behind each sorted entry
             for arr, v in zip((self.w, self.wy, self.wyy, self.cnt), vals, strict=True):
-                arr.reshape(-1)[uniq] += np.bincount(inv, weights=np.repeat(v, k), minlength=len(uniq))
-            np.minimum.at(self.xmin.reshape(-1), flat, xr)
-            np.maximum.at(self.xmax.reshape(-1), flat, xr)
+                arr.reshape(-1)[uniq] += np.add.reduceat(v[src], first)
+            xs = x[src]
+            lo_, hi_ = self.xmin.reshape(-1), self.xmax.reshape(-1)
+            lo_[uniq] = np.minimum(lo_[uniq], np.minimum.reduceat(xs, first))
+            hi_[uniq] = np.maximum(hi_[uniq], np.maximum.reduceat(xs, first))
         self.dirty[urows] = True
 
     # -- refresh: misspecification checks and the sorted bound tables ----------------
     def refresh(self, rows: np.ndarray) -> None:
         self.flush()
         rows = np.unique(rows[self.dirty[rows]])
-        if len(rows) == 0:
-            return
+        for i in range(0, len(rows), TABLE_CHUNK):  # chunks of rows keep the temporaries in cache
+            self._refresh_chunk(rows[i: i + TABLE_CHUNK])
+
+    def _refresh_chunk(self, rows: np.ndarray) -> None:
         self._check_noise(rows)
         w = self.w[rows]
         has = w > 0
@@ -258,20 +343,60 @@ class IntervalStore:
             se = np.where(has, self.noise_scale[rows, None] / np.sqrt(w), np.inf)
         self._check_monotone(rows, mean, se, has)
         self._check_lipschitz(rows, mean, se, has)
-        c = self.beta[rows, None] * se
-        lower = np.where(has, mean - c, -np.inf)
-        upper = np.where(has, mean + c, np.inf)
-        xm = self.x_max[rows, None]
-        lo_key = np.where(has, self.xmax[rows] / xm, 1.5)
-        hi_key = np.where(has, self.xmin[rows] / xm, 1.5)
-        o = np.argsort(lo_key, axis=1, kind="stable")
-        self.lo_keys[rows] = np.take_along_axis(lo_key, o, 1)
-        self.lo_vals[rows] = np.maximum.accumulate(np.take_along_axis(lower, o, 1), axis=1)
-        o = np.argsort(hi_key, axis=1, kind="stable")
-        self.hi_keys[rows] = np.take_along_axis(hi_key, o, 1)
-        up = np.take_along_axis(upper, o, 1)
-        self.hi_vals[rows] = np.minimum.accumulate(up[:, ::-1], axis=1)[:, ::-1]
+        self._tables_chunk(rows)
         self.dirty[rows] = False
+
+    def _tables_chunk(self, rows: np.ndarray) -> None:
+        """lo_tab / hi_tab of ``rows``: the best window bound per leaf boundary, then the
+        prefix max (lower) and suffix min (upper), the monotone projection.
+
+        Window sums are differences of prefix sums over the leaves, taken block by block
+        (no gathers): at level h the lower windows ending in [t wl, (t+1) wl) all start at
+        (t-1) wl, and the upper windows ending at t wl start in ((t-2) wl, (t-1) wl]. The
+        prefix sums are padded (zeros on the left, the total on the right) so every block
+        is whole; windows reaching into the padding repeat in-range windows and are dropped.
+        An empty window has weight exactly 0, gives NaN and is skipped by fmax / fmin.
+        """
+        nl = self.n_leaves
+        k = len(rows)
+        c = (self.beta[rows] * self.noise_scale[rows])[:, None, None]
+        pw = np.zeros((k, 3 * nl + 1))
+        pwy = np.zeros((k, 3 * nl + 1))
+        for p, src in ((pw, self.w), (pwy, self.wy)):
+            np.cumsum(src[rows, nl - 1:], axis=1, out=p[:, nl + 1: 2 * nl + 1])
+            p[:, 2 * nl + 1:] = p[:, 2 * nl: 2 * nl + 1]
+        lo_best = np.full((k, 2 * nl + 1), -np.inf)  # index e (window end)
+        hi_best = np.full((k, 2 * nl + 1), np.inf)  # index nl + s (window start)
+        buf = np.empty((3, k * nl))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for h in range(self.depth + 1):
+                wl = 1 << (self.depth - h)
+                q = max(wl >> GRID, 1)
+                shape = (k, nl // wl, wl // q)
+                sw, val, tmp = (b_[: k * (nl // q)].reshape(shape) for b_ in buf)
+                o = nl  # offset of boundary 0 in the padded prefix sums
+                end = slice(o + wl, o + wl + nl, q)
+                start = slice(o, o + nl, wl)
+                np.subtract(pw[:, end].reshape(shape), pw[:, start, None], out=sw)
+                np.subtract(pwy[:, end].reshape(shape), pwy[:, start, None], out=val)
+                np.sqrt(sw, out=tmp)
+                tmp *= c
+                val -= tmp
+                val /= sw
+                view = lo_best[:, wl: wl + nl: q]
+                np.fmax(view, val.reshape(k, -1), out=view)
+                end = slice(o + wl, o + wl + nl, wl)
+                start = slice(o - wl + q, o - wl + q + nl, q)
+                np.subtract(pw[:, end, None], pw[:, start].reshape(shape), out=sw)
+                np.subtract(pwy[:, end, None], pwy[:, start].reshape(shape), out=val)
+                np.sqrt(sw, out=tmp)
+                tmp *= c
+                val += tmp
+                val /= sw
+                view = hi_best[:, nl - wl + q: 2 * nl - wl + q: q]
+                np.fmin(view, val.reshape(k, -1), out=view)
+        self.lo_tab[rows] = np.maximum.accumulate(lo_best[:, : nl + 1], axis=1)
+        self.hi_tab[rows] = np.minimum.accumulate(hi_best[:, 2 * nl: nl - 1: -1], axis=1)[:, ::-1]
 
     def _raise(self, rows: np.ndarray, hit: np.ndarray, reason: str) -> None:
         for r in rows[hit & ~self.flag[rows]]:
@@ -336,7 +461,7 @@ class IntervalStore:
         xm = self.x_max[rows]
         cold = xm <= 0
         u = np.where(cold, 0.0, np.minimum(x / np.where(cold, 1.0, xm), 1.0))
-        lcb, ucb = self._mono_bounds(rows, u)
+        lcb, ucb = self._mono_bounds(rows, u, x)
         mean, path_c, m_lo, m_hi = self._path(rows, x, u, cold)
         lcb = np.maximum(lcb, m_lo)
         ucb = np.minimum(ucb, m_hi)
@@ -351,20 +476,17 @@ class IntervalStore:
         mean = np.clip(mean, lcb, ucb)
         return lcb, mean, ucb
 
-    def _mono_bounds(self, rows: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ur, inv = np.unique(rows, return_inverse=True)
-        n = self.n_nodes
-        off = 2.0 * np.arange(len(ur))  # keys live in [0, 1.5]: rows never overlap
-        lk = (self.lo_keys[ur] + off[:, None]).reshape(-1)
-        hk = (self.hi_keys[ur] + off[:, None]).reshape(-1)
-        q = u + off[inv]
-        i = np.searchsorted(lk, q, side="right") - 1
-        ok = (i >= 0) & (i // n == inv)
-        lcb = np.where(ok, self.lo_vals[ur].reshape(-1)[np.clip(i, 0, None)], -np.inf)
-        j = np.searchsorted(hk, q, side="left")
-        ok = (j < len(hk)) & (j // n == inv)
-        ucb = np.where(ok, self.hi_vals[ur].reshape(-1)[np.minimum(j, len(hk) - 1)], np.inf)
-        return lcb, ucb
+    def _mono_bounds(self, rows: np.ndarray, u: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Table lookups: the lower bound uses every leaf whose data all lie at or left of x
+        (the leaves before x's leaf, and x's own leaf when its largest x is <= x), the
+        upper bound every leaf whose data all lie at or right of x."""
+        nl = self.n_leaves
+        j = np.minimum((u * nl).astype(np.int64), nl - 1)
+        inside = u < 1.0
+        node = j + (nl - 1)
+        e = np.where(inside, j + (self.xmax[rows, node] <= x), nl)
+        s_ = np.where(inside, j + (self.xmin[rows, node] < x), nl)
+        return self.lo_tab[rows, e], self.hi_tab[rows, s_]
 
     def _path(self, rows: np.ndarray, x: np.ndarray, u: np.ndarray, cold: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

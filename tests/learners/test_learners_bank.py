@@ -100,3 +100,22 @@ def test_factory_must_make_learners() -> None:
         bank.learn(["a"], np.array([1.0]), 1.0, np.array([0.5]), 0.1, 0.0)
     with pytest.raises(ValueError):
         learner_factory("interval", depth=99)
+
+
+def test_bounds_many_reuses_cached_tables_until_new_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round's queries after the first are table lookups: no rebuild without new data."""
+    from learners.interval_store import IntervalStore
+
+    rng = np.random.default_rng(3)
+    jobs = [f"j{i}" for i in range(20)]
+    bank = LearnerBank(learner_factory("interval"))
+    bank.learn(jobs, rng.uniform(0, 6, 20), np.ones(20), rng.uniform(0, 1, 20), np.full(20, 0.1), 0.0)
+    first = bank.bounds_many(jobs, np.full(20, 3.0), 1.0)
+    built: list[int] = []
+    real = IntervalStore._tables_chunk
+    monkeypatch.setattr(IntervalStore, "_tables_chunk", lambda self, rows: built.append(len(rows)) or real(self, rows))
+    again = bank.bounds_many(jobs, np.full(20, 3.0), 1.0)
+    assert built == [] and all(np.array_equal(u, v) for u, v in zip(first, again, strict=True))
+    bank.learn(jobs[:1], np.array([2.0]), 1.0, np.array([0.5]), 0.1, 1.0)
+    bank.bounds_many(jobs, np.full(20, 3.0), 1.0)
+    assert built == [1]  # only the job with new data is rebuilt

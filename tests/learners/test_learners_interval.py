@@ -9,6 +9,7 @@ import pytest
 
 from cluster_mgr.model import Observation
 from learners import IntervalLearner, make_learner
+from learners.interval_store import GRID
 
 
 def _tanh_data(n: int, seed: int, sigma: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -140,3 +141,105 @@ def test_bad_options_raise() -> None:
     for bad in ({"dim": 2}, {"lipschitz": -1.0}, {"value_range": (1.0, 0.0)}, {"depth": 0}, {"delta": 1.0}):
         with pytest.raises(ValueError):
             IntervalLearner(**bad)  # type: ignore[arg-type]
+
+
+def _brute_tables(m: IntervalLearner) -> tuple[np.ndarray, np.ndarray]:
+    """The bound tables from the window family's definition, window by window."""
+    st, r = m._store, m._row
+    st.refresh(np.array([r]))
+    nl, d = st.n_leaves, st.depth
+    w, wy = st.w[r, nl - 1:], st.wy[r, nl - 1:]
+    c = st.beta[r] * st.noise_scale[r]
+
+    def val(a: int, b: int, sign: float) -> float:
+        sw = w[a:b].sum()
+        return sign * np.inf if sw == 0 else wy[a:b].sum() / sw + sign * c / np.sqrt(sw)
+
+    lo, hi = np.full(nl + 1, -np.inf), np.full(nl + 1, np.inf)
+    for h in range(d + 1):
+        wl = 1 << (d - h)
+        q = max(wl >> GRID, 1)
+        for e in range(wl, nl + 1, q):
+            lo[e] = max(lo[e], val((e // wl - 1) * wl, e, -1.0))
+        for s in range(0, nl - wl + 1, q):
+            hi[s] = min(hi[s], val(s, -(-(s + wl) // wl) * wl, 1.0))
+    return np.maximum.accumulate(lo), np.minimum.accumulate(hi[::-1])[::-1]
+
+
+@pytest.mark.parametrize("depth", [3, 6])
+def test_bound_tables_match_the_window_family(depth: int) -> None:
+    """The blocked, padded table build equals the family's definition window by window
+    (clustered data leave empty leaves and a domain far wider than the data)."""
+    rng = np.random.default_rng(depth)
+    m = IntervalLearner(depth=depth)
+    a = np.concatenate([rng.uniform(0.1, 0.4, 300), rng.uniform(1.5, 2.0, 100)])
+    m.learn_arrays(a, 1.0, np.tanh(a) + rng.normal(0, 0.05, len(a)), rng.uniform(0.03, 0.08, len(a)))
+    lo, hi = _brute_tables(m)
+    st, r = m._store, m._row
+    assert np.allclose(st.lo_tab[r], lo, rtol=1e-9, atol=1e-12)
+    assert np.allclose(st.hi_tab[r], hi, rtol=1e-9, atol=1e-12)
+
+
+def test_scalar_fast_path_equals_the_array_path() -> None:
+    a, y = _tanh_data(300, seed=11)
+    fast, slow = IntervalLearner(), IntervalLearner()
+    for i in range(len(a)):
+        fast.learn_arrays(a[i: i + 1], 2.0, y[i: i + 1], 0.05)  # one window at a time
+        fast.learn_one(Observation("j", float(i), (float(a[i]),), 2.0, float(y[i]), 0.05))
+    slow.learn_arrays(np.repeat(a, 2), 2.0, np.repeat(y, 2), 0.05)
+    g = np.linspace(0, 6, 40)
+    assert fast.n_observations == slow.n_observations == 600
+    for u, v in zip(fast.bounds(g, 2.0), slow.bounds(g, 2.0), strict=True):
+        assert np.allclose(u, v, rtol=1e-12, atol=1e-12)
+    before = fast.bounds(g, 2.0)
+    for bad in ((np.nan, 1.0, 0.5, 0.1), (-1.0, 1.0, 0.5, 0.1), (1.0, -1.0, 0.5, 0.1), (1.0, 1.0, 0.5, 0.0),
+                (1.0, 1.0, np.inf, 0.1)):
+        with pytest.raises(ValueError):
+            fast.learn_arrays(*bad)
+    assert fast.n_observations == 600
+    assert all(np.array_equal(u, v) for u, v in zip(before, fast.bounds(g, 2.0), strict=True))
+    fast.learn_arrays(1.0, 0.0, 0.5, 0.1)  # zero load: ignored, as on the array path
+    assert fast.n_ignored == 1 and fast.n_observations == 600
+
+
+def test_bounds_batch_equals_per_model_bounds() -> None:
+    from learners import LearnerBank, learner_factory
+
+    rng = np.random.default_rng(12)
+    bank = LearnerBank(learner_factory("interval"))
+    jobs = [f"j{i}" for i in range(6)]
+    for w in range(50):
+        bank.learn(jobs, rng.uniform(0, 6, 6), np.full(6, 2.0), rng.uniform(0, 1, 6), np.full(6, 0.1), float(w))
+    solo = IntervalLearner()
+    a, y = _tanh_data(200, seed=13)
+    solo.learn_arrays(a, 1.0, y, 0.05)
+    models = [bank.model(j) for j in jobs] + [solo, IntervalLearner()]
+    X = rng.uniform(0, 8, (len(models), 7))
+    load = np.array([2.0] * 6 + [1.0, 3.0])
+    lcb, mean, ucb = IntervalLearner.bounds_batch(models, X, load)
+    assert lcb.shape == (len(models), 7)
+    for i, mod in enumerate(models):
+        for got, want in zip((lcb[i], mean[i], ucb[i]), mod.bounds(X[i], load[i]), strict=True):
+            assert np.array_equal(got, want)
+    with pytest.raises(ValueError):
+        IntervalLearner.bounds_batch(models, -X, load)
+
+
+def test_store_pickled_before_the_window_tables_still_loads() -> None:
+    """An older store (node-only beta, no tables) rebuilds tables and beta for its delta."""
+    from scipy import stats
+
+    from learners.interval_store import IntervalStore
+
+    a, y = _tanh_data(300, seed=14)
+    m = IntervalLearner(delta=0.1)
+    m.learn_arrays(a, 1.0, y, 0.05)
+    g = np.linspace(0, 6, 25)
+    want = m.bounds(g, 1.0)
+    old = {k: v for k, v in m._store.__dict__.items() if k not in ("lo_tab", "hi_tab", "_scalars")}
+    old["beta"] = np.array([stats.norm.isf(0.1 / (2 * 1023))])
+    st = IntervalStore.__new__(IntervalStore)
+    st.__setstate__(old)
+    m._store = st
+    for u, v in zip(m.bounds(g, 1.0), want, strict=True):
+        assert np.allclose(u, v, rtol=1e-9)

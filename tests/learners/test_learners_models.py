@@ -83,3 +83,52 @@ def test_registry_builds_each_learner_with_options() -> None:
     assert make_learner("ernest", delta=0.01).delta == 0.01
     with pytest.raises(ValueError):
         make_learner("gp_ucb", max_points=1)
+
+
+@pytest.mark.parametrize("opts", [{"log_value": True}, {"use_load": True}])
+def test_gp_scalar_fast_path_equals_the_general_path(opts: dict[str, bool]) -> None:
+    """One window at a time as scalars (the fast path) or as Observations (the general
+    path): the same observations in the same order give the same model."""
+    from cluster_mgr.model import Observation
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(2, 20, 150)
+    ld = rng.uniform(0.5, 1.0, 150)
+    y = 10 + 200 / a + rng.normal(0, 1.0, 150)
+    fast, slow = GPUCBLearner(**opts), GPUCBLearner(**opts)
+    for i in range(150):
+        fast.learn_arrays(float(a[i]), float(ld[i]), float(y[i]), 1.0)
+        slow.learn_many([Observation("j", float(i), (float(a[i]),), float(ld[i]), float(y[i]), 1.0)])
+    g = np.linspace(2, 20, 30)
+    assert fast.n_observations == slow.n_observations == 150
+    for u, v in zip(fast.bounds(g, 0.7), slow.bounds(g, 0.7), strict=True):
+        assert np.allclose(u, v, rtol=1e-9)
+    with pytest.raises(ValueError):
+        fast.learn_arrays(3.0, 1.0, np.nan, 1.0)
+    if opts.get("log_value"):
+        with pytest.raises(ValueError, match="values > 0"):
+            fast.learn_arrays(3.0, 1.0, -1.0, 1.0)
+    assert fast.n_observations == 150
+
+
+def test_ernest_scalar_fast_path_equals_the_general_path() -> None:
+    from cluster_mgr.model import Observation
+
+    rng = np.random.default_rng(5)
+    a = rng.uniform(1, 64, 200)
+    ld = rng.uniform(1, 10, 200)
+    y = 3 + 200 * ld / a + 0.5 * np.log(a) + 0.05 * a + rng.normal(0, 1.0, 200)
+    fast, slow = ErnestLearner(), ErnestLearner()
+    for i in range(200):
+        fast.learn_arrays(float(a[i]), float(ld[i]), float(y[i]), 1.0)
+        slow.learn_many([Observation("j", float(i), (float(a[i]),), float(ld[i]), float(y[i]), 1.0)])
+        if i == 100:
+            fast.learn_arrays(a[:3], ld[:3], y[:3], 1.0)  # a batch in between keeps the order
+            slow.learn_arrays(a[:3], ld[:3], y[:3], 1.0)
+    g = np.linspace(2, 60, 20)
+    assert fast.n_observations == slow.n_observations == 203
+    for u, v in zip(fast.bounds(g, 5.0), slow.bounds(g, 5.0), strict=True):
+        assert np.allclose(u, v, rtol=1e-7)
+    with pytest.raises(ValueError, match="min_alloc"):
+        fast.learn_arrays(0.0, 1.0, 1.0, 1.0)
+    assert fast.n_observations == 203
