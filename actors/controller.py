@@ -36,6 +36,7 @@ pushes run side by side instead of queueing behind one another or a round.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import threading
@@ -50,15 +51,16 @@ import pyarrow as pa
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.devices import device_participant_specs
 from actors.names import agent_name, pg_name
 from actors.node_agent import NodeAgent
 from cluster_mgr.clock import SystemClock
 from cluster_mgr.control.api import Explanation, JobStatus, NodeStatus, PolicyInfo, Status
 from cluster_mgr.control.global_allocator import Decision, GlobalAllocator
 from cluster_mgr.model import JobSpec, NodeInfo, ResourceVector, utility_from_reward
-from cluster_mgr.place import replica_sizes
-from cluster_mgr.settings import ManagerConfig
-from cluster_mgr.store import PartBuffer, RunLog
+from cluster_mgr.place import DPU_LABEL, PIM_LABEL, replica_sizes
+from cluster_mgr.settings import ManagerConfig, devices_for_node
+from cluster_mgr.store import EVENT_SCHEMA, PartBuffer, RunLog
 
 log = logging.getLogger("cluster_mgr.controller")
 
@@ -72,8 +74,7 @@ def make_policy(name: str, options: dict[str, Any]) -> Any:
     except ImportError:
         get_policy = None
     if get_policy is not None:
-        p = get_policy(name)
-        return p(**options) if isinstance(p, type) else p
+        return get_policy(name, **options)  # an instance built with the policy's options
     if name != "fair_share":
         raise ValueError(f"policy {name!r}: no allocators.registry yet; only 'fair_share' exists")
     from allocators.policies.fair_share import ProportionalFairShare
@@ -158,6 +159,15 @@ class ControllerCore:
         self._start_lock = threading.Lock()
         self.agent_options = {"window_s": config.telemetry_window_s,
                               "fast_window_s": config.fast_window_s, **(agent_options or {})}  # fmt: skip
+        # device agents (docs/devices.md) as plan participants of every NodeAgent, rebuilt with it
+        specs = device_participant_specs(config.devices) if config.devices else []
+        if specs:
+            self.agent_options["participants"] = [*self.agent_options.get("participants", ()), *specs]
+        # the per-node fast layer (docs/local_control.md)
+        if config.local_controller != "none" and "local_control" not in self.agent_options:
+            self.agent_options["local_control"] = {"controller": config.local_controller,
+                                                   "seed": config.seed, **config.local_options}  # fmt: skip
+        self.nack_replans = 0  # consecutive rounds whose commit was NACKed somewhere
         if agent_log is None:
             agent_log = agents_can_share_log(config.log_uri)
         self.agent_log = bool(agent_log)
@@ -356,8 +366,25 @@ class ControllerCore:
             outside = max(0.0, total - free - ours.get(nid, 0.0))
             cpu = math.floor((total - outside) / 0.1 + 1e-6) * 0.1
             out.append(NodeInfo(nid, ResourceVector(cpu=max(cpu, 0.0)), alive=True,
-                                address=n.get("NodeManagerAddress", "")))  # fmt: skip
+                                address=n.get("NodeManagerAddress", ""),
+                                labels=self.device_labels(nid)))  # fmt: skip
         return sorted(out, key=lambda x: x.node_id)
+
+    def device_labels(self, node_id: str) -> tuple[tuple[str, str], ...]:
+        """The node's devices as NodeInfo labels: ``make_plan`` places mesh shares on DPU nodes
+        and PIM cores and pages on PIM nodes from them (cluster_mgr.place.device_nodes)."""
+        if not self.config.devices:
+            return ()
+        o = devices_for_node(self.config.devices, node_id)
+        out = []
+        if o.envoy or o.mesh_address:
+            out.append((DPU_LABEL, o.dpu_preset or "bluefield2"))
+        if o.pim_preset or o.pim_address:
+            from pim_agent.presets import PRESETS
+
+            p = PRESETS[o.pim_preset or "pimcloud"]
+            out.append((PIM_LABEL, f"{p.n_stacks}x{p.pim_cores_per_stack}"))
+        return tuple(out)
 
     # -- rounds ------------------------------------------------------------------------
     def run_round(self) -> Decision | None:
@@ -432,6 +459,7 @@ class ControllerCore:
                                 "subject": f"epoch {epoch}", "epoch": epoch, "votes": noes})  # fmt: skip
             return {**summary, "aborted": True, "votes": noes}
         refs = {nid: a.commit.remote(epoch) for nid, a in self.agents.items()}
+        nacks: dict[str, Any] = {}
         for nid, ref in refs.items():
             try:
                 res = ray.get(ref, timeout=self.enforce_timeout_s)
@@ -440,6 +468,12 @@ class ControllerCore:
                 continue
             if res.get("errors"):
                 self._event("commit_errors", nid, {"epoch": epoch, "errors": res["errors"]})
+            for who, why in (res.get("nacks") or {}).items():
+                nacks[f"{nid}/{who}"] = why
+        if nacks:
+            self._commit_nacked(epoch, nacks)
+        else:
+            self.nack_replans = 0
         for phase in ("make", "break", "make"):
             calls = {nid: a.apply.remote(epoch, desired.get(nid, {}), phase)
                      for nid, a in self.agents.items()}  # fmt: skip
@@ -461,6 +495,36 @@ class ControllerCore:
         self.enforced_epoch = epoch
         self._event("enforced", f"epoch {epoch}", summary)
         return summary
+
+    def _commit_nacked(self, epoch: int, nacks: dict[str, Any]) -> None:
+        """A device agent refused at commit what prepare let through: that node keeps its last
+        good version while the others moved to ``epoch``. Ask for a re-plan at once (the next
+        plan is pushed everywhere with a new epoch), once per run of NACKed rounds; if the
+        re-plan NACKs again, the regular round retries (no storm of rounds)."""
+        replan = self.nack_replans == 0
+        self.nack_replans += 1
+        self._event("commit_nack", f"epoch {epoch}", {"epoch": epoch, "nacks": nacks,
+                                                      "replan": "now" if replan else "next round",
+                                                      "consecutive": self.nack_replans})  # fmt: skip
+        if replan:
+            with self.lock:
+                self.ga.request_round(f"commit NACK at epoch {epoch}: {sorted(nacks)}")
+
+    def local_events(self, node_id: str, events: list[dict[str, Any]]) -> None:
+        """The NodeAgents' fast layers report what they did (one entry per job per telemetry
+        window in which they acted): logged as ``local_actions`` events."""
+        now = time.time()
+        self.agent_seen[node_id] = now
+        rows = []
+        for e in events:
+            self.events.append({"time": now, "kind": "local_actions", "subject": node_id, **e})
+            rows.append({"time": now, "kind": "local_actions", "subject": node_id,
+                         "detail": json.dumps(dict(e), sort_keys=True, default=str)})  # fmt: skip
+        if rows:  # one log part per report, not one per event
+            try:
+                self.log.append("events", pa.RecordBatch.from_pylist(rows, schema=EVENT_SCHEMA))
+            except OSError:
+                log.exception("local events not logged")
 
     # -- telemetry ---------------------------------------------------------------------
     def ingest(self, node_id: str, table: pa.Table | None, meta: dict[str, Any],
@@ -722,6 +786,9 @@ class Controller:
         c = self.core
         with c.ledger_lock:
             return {r: max(c.ga.ledger.mark(r), c.replica_marks.get(r, -1)) for r in replicas}
+
+    def local_events(self, node_id: str, events: list[dict[str, Any]]) -> None:
+        self.core.local_events(node_id, events)
 
     def request_round(self) -> None:
         with self.core.lock:

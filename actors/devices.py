@@ -181,6 +181,28 @@ class MeshParticipant:
     def version(self) -> str:
         return self.client.stats("^$").version
 
+    # -- the fast path -------------------------------------------------------------------
+    def set_rate_limit(self, job: str, rps: float) -> bool:
+        """A LocalController's rate-limit action: the shares in force with ``job``'s admitted
+        rate changed, validated and pushed as version ``e<epoch>.f<k>`` (no two-phase apply:
+        one node, one knob, inside the round's plan). True when the agent ACKed."""
+        from dpu_agent import config as cfg
+        from dpu_agent.placement import mesh_configs
+
+        with self._lock:
+            if not any(s.job == job for s in self._shares):
+                return False
+            shares = tuple(replace(s, rate_limit_rps=float(rps)) if s.job == job else s
+                           for s in self._shares)  # fmt: skip
+            res = mesh_configs(shares, self.endpoints()).get(self.node_id, cfg.MeshResources())
+            if cfg.validate(res):
+                return False
+            self._fast_pushes = getattr(self, "_fast_pushes", 0) + 1
+            r = self.client.push(res, version=f"e{self._epoch}.f{self._fast_pushes}")
+            if r.ack:
+                self._shares = shares
+            return bool(r.ack)
+
     # -- telemetry ---------------------------------------------------------------------
     def telemetry(self, now: float) -> list[TelemetryWindow]:
         from dpu_agent.placement import cluster_name

@@ -65,6 +65,7 @@ class LoadGenerator:
         self._rr = 0
         self._unreported = 0
         self._running = False
+        self.t0 = 0.0  # when the trace started (wall clock): surge times are t0 + k * step_s
 
     async def _refresh(self) -> None:
         try:
@@ -112,6 +113,7 @@ class LoadGenerator:
             raise RuntimeError("this load generator is already running")
         self._running = True
         t0 = time.time()
+        self.t0 = t0
         next_refresh = t0
         t_next = t0
         tasks: set[asyncio.Task[None]] = set()
@@ -159,6 +161,7 @@ class LoadGenerator:
             "job": self.job,
             **self.counts,
             "inflight": self.inflight,
+            "t0": self.t0,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else math.nan,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else math.nan,
         }

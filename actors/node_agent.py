@@ -130,6 +130,7 @@ class NodeAgentCore:
         participants: list[dict[str, Any]] | None = None,
         log_uri: str = "",
         aggregate: bool = False,
+        local_control: dict[str, Any] | None = None,
     ) -> None:
         self.node_id = node_id
         self.namespace = namespace
@@ -180,6 +181,14 @@ class NodeAgentCore:
             made = make_participant(spec)
             if made is not None:  # a factory may find no such device on this node (devices.py)
                 self.register_participant(made)
+        # the node's fast layer (actors/local_host.py): a LocalController on the fast window
+        self.local_host: Any = None
+        lc = dict(local_control or {})
+        if lc and lc.get("controller", "ours") != "none":
+            from actors.local_host import LocalHost
+
+            self.local_host = LocalHost(self, lc)
+            self.local["local-control"] = LocalSource(f"{replica_prefix(node_id)}local:{self.token}")
 
     # -- discovery ---------------------------------------------------------------------
     def _discover(self) -> None:
@@ -251,6 +260,8 @@ class NodeAgentCore:
             src = self.local.get(f"participant:{name}")
             if src is not None:
                 src.put(list(windows or ()))
+        if self.local_host is not None:  # the fast layer's local.* windows
+            self.local["local-control"].put(self.local_host.take_telemetry())
 
     def _prepare_replicas(self, desired: dict[str, dict[str, Any]]) -> str | None:
         """The replicas' vote: every size positive, the node's total within its CPUs, every
@@ -314,13 +325,22 @@ class NodeAgentCore:
                 return {"node_id": self.node_id, "epoch": epoch, "refused": True}
             self.committed = epoch
             items = list(self.participants.items())
+            desired = self.staged[epoch]
         errors = {}
+        nacks = {}
         for name, p in items:
             try:
                 p.commit(epoch)
             except Exception as exc:  # reported; the controller records it
                 errors[name] = f"{type(exc).__name__}: {exc}"
-        return {"node_id": self.node_id, "epoch": epoch, "refused": False, "errors": errors}
+                continue
+            last = getattr(p, "last_commit", None)  # a device agent that refused the push
+            if last is not None and last.epoch == epoch and not last.ok:
+                nacks[name] = {"reason": str(last.reason)[:300], "version": str(last.version)}
+        if self.local_host is not None:  # the fast layer's budget for this round
+            self.local_host.set_budget(epoch, desired)
+        return {"node_id": self.node_id, "epoch": epoch, "refused": False, "errors": errors,
+                "nacks": nacks}  # fmt: skip
 
     def abort(self, epoch: int) -> dict[str, Any]:
         """Drop what was staged for ``epoch`` everywhere; the last committed plan stays."""
@@ -641,6 +661,25 @@ class NodeAgentCore:
                 self.infos[name] = info
         return infos
 
+    def device_info(self) -> dict[str, Any]:
+        """What the node's device participants have in force (tests, status)."""
+        out: dict[str, Any] = {}
+        with self.lock:
+            items = list(self.participants.items())
+        for name, p in items:
+            d: dict[str, Any] = {}
+            last = getattr(p, "last_commit", None)
+            if last is not None:
+                d["last_commit"] = {"epoch": last.epoch, "ok": last.ok, "version": last.version,
+                                    "reason": last.reason}  # fmt: skip
+            if hasattr(p, "listener"):
+                d["listener"] = p.listener
+            if hasattr(p, "assignments"):
+                d["assignments"] = {j: {"cpu": a.cpu, "pim": list(a.pim), "pages": list(a.pages)}
+                                    for j, a in p.assignments().items()}  # fmt: skip
+            out[name] = d
+        return out
+
     def shutdown_replicas(self) -> int:
         with self.lock:
             names = list(self.replicas)
@@ -659,6 +698,22 @@ class NodeAgent:
         self.core = NodeAgentCore(node_id, namespace, **(options or {}))
         self._thread = threading.Thread(target=self.core.run, name="collect", daemon=True)
         self._thread.start()
+        if self.core.local_host is not None:
+            self._local = threading.Thread(target=self.core.local_host.run, args=(self.core._stop,),
+                                           name="local-control", daemon=True)  # fmt: skip
+            self._local.start()
+
+    def local_info(self) -> dict[str, Any] | None:
+        h = self.core.local_host
+        return None if h is None else h.info()
+
+    def local_history(self, after: int = -1) -> list[dict[str, Any]]:
+        """The fast layer's windows with index > ``after`` (signals, targets, actions, acks)."""
+        h = self.core.local_host
+        return [] if h is None else [e for e in list(h.history) if e["window"] > after]
+
+    def device_info(self) -> dict[str, Any]:
+        return self.core.device_info()
 
     def ping(self) -> dict[str, Any]:
         return {"node_id": self.core.node_id, "actual_node": ray.get_runtime_context().get_node_id(),

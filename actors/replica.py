@@ -108,6 +108,11 @@ class _Counts:
     cpu_used_s: float = 0.0
     throttled_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    # per fast window only (the local controller's signals; not rolled into telemetry windows)
+    upstream_s: float = 0.0  # sum of (arrival - sent) over arrivals that carried a send time
+    upstream_n: int = 0
+    wait_s: float = 0.0  # sum of slot waits of requests that got a slot
+    started: int = 0
 
     def add(self, other: _Counts) -> None:
         self.offered += other.offered
@@ -193,17 +198,31 @@ class ReplicaCore:
     def _close_fast(self) -> None:
         f = self._fast
         lat = f.latencies_ms
+        # one pass of numpy per 100 ms: the signals a LocalController reads (signals.py)
+        p99 = mean = math.nan
+        if lat:
+            arr = np.asarray(lat)
+            p99, mean = float(np.percentile(arr, 99)), float(arr.mean())
         self.fast_history.append(
             {
+                "window": self._fast_idx,
                 "end": (self._fast_idx + 1) * self.fast_s,
                 "offered": f.offered,
                 "completed": f.completed,
                 "rejected": f.rejected,
                 "timed_out": f.timed_out,
                 "within_slo": f.within_slo,
-                "p99_ms": float(np.percentile(lat, 99)) if lat else math.nan,
+                "p99_ms": p99,  # the replica's own time (wait + service): exec P99 in signals
+                "mean_ms": mean,
+                "upstream_ms": f.upstream_s / f.upstream_n * 1e3 if f.upstream_n else math.nan,
+                "queue_delay_ms": f.wait_s / f.started * 1e3 if f.started else math.nan,
+                "work_ms": f.cpu_used_s * self.frequency / f.completed * 1e3 if f.completed else math.nan,
+                "throttled_s": f.throttled_s,
                 "busy": self.slots.busy,
                 "waiting": self.slots.waiting,
+                "cpu_quota": self.cpu_quota,
+                "frequency": self.frequency,
+                "concurrency": self.slots.limit,
             }
         )
         self._win.add(f)
@@ -257,10 +276,13 @@ class ReplicaCore:
         return (pa.Table.from_batches(batches) if batches else None), last
 
     # -- requests --------------------------------------------------------------------
-    async def handle(self) -> int:
+    async def handle(self, sent_at: float = 0.0) -> int:
         arrival = time.time()
         self.roll(arrival)
         self._fast.offered += 1
+        if sent_at > 0:  # time from the request's start to here (SurgeGuard's time-from-start)
+            self._fast.upstream_s += max(0.0, arrival - sent_at)
+            self._fast.upstream_n += 1
         if self.slots.waiting >= self.queue_limit:
             self._fast.rejected += 1
             return REJECTED
@@ -268,6 +290,10 @@ class ReplicaCore:
             self.roll()
             self._fast.timed_out += 1
             return TIMED_OUT
+        got = time.time()
+        self.roll(got)
+        self._fast.wait_s += got - arrival
+        self._fast.started += 1
         try:
             base = draw_service_s(self.workload, self.rng) / self.frequency
             service = base * max(1.0, self.slots.busy / max(self.cpu_quota, 1e-3))
@@ -322,6 +348,7 @@ class ReplicaCore:
             "concurrency": self.slots.limit,
             "frequency": self.frequency,
             "seq": self.seq,
+            "slo_ms": self.slo_ms,
             "buffered": self.buffer.rows,
             "dropped": self.buffer.dropped_rows,
         }
@@ -342,7 +369,7 @@ class Replica:
         return self.core.info()
 
     async def handle(self, sent_at: float = 0.0) -> int:
-        return await self.core.handle()
+        return await self.core.handle(sent_at)
 
     async def note_rejected(self, count: int) -> None:
         self.core.note_rejected(count)
@@ -366,3 +393,8 @@ class Replica:
     async def fast_stats(self, n: int = 10) -> list[dict[str, float]]:
         self.core.roll()
         return list(self.core.fast_history)[-n:]
+
+    async def fast_since(self, after: int) -> list[dict[str, float]]:
+        """Closed fast windows with index > ``after`` (the LocalController's read, per window)."""
+        self.core.roll()
+        return [w for w in self.core.fast_history if w["window"] > after]

@@ -28,7 +28,13 @@ from cluster_mgr.model import (
     ResourceVector,
     UtilitySpec,
 )
-from cluster_mgr.settings import DPU_PRESETS, PIM_PRESETS, DeviceOptions, ManagerConfig
+from cluster_mgr.settings import (
+    DPU_PRESETS,
+    LOCAL_CONTROLLERS,
+    PIM_PRESETS,
+    DeviceOptions,
+    ManagerConfig,
+)
 
 TOKEN_ENV = "CLUSTER_MGR_TOKEN"
 
@@ -321,6 +327,8 @@ MANAGER_KEYS = (
     "seed",
     "object_store_mb",
     "num_cpus",
+    "local_controller",
+    "local_options",
 )
 TOP_KEYS = ("manager", "jobs", "devices")
 DEVICE_KEYS = (
@@ -462,6 +470,8 @@ def parse_config(
         "seed": m.get_int("seed", d.seed, minimum=0),
         "object_store_mb": m.get_int("object_store_mb", d.object_store_mb, minimum=1),
         "num_cpus": m.get_int("num_cpus", d.num_cpus, minimum=1),
+        "local_controller": _choice(m, "local_controller", d.local_controller, LOCAL_CONTROLLERS),
+        "local_options": m.raw_dict("local_options"),
     }
     if m.has("metrics_bind"):
         # An empty string turns the exporter off (TOML has no null).

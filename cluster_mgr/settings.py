@@ -8,6 +8,8 @@ from typing import Any
 from cluster_mgr.model import DEFAULT_ROUND_S, FAST_WINDOW_S, TELEMETRY_WINDOW_S, JobSpec
 
 DPU_PRESETS = ("bluefield2", "bluefield3")
+#: Per-node fast controllers a NodeAgent can host (docs/local_control.md); "none": no fast layer.
+LOCAL_CONTROLLERS = ("none", "ours", "surgeguard", "parties", "caladan")
 PIM_PRESETS = ("pimcloud", "hbm3")
 
 
@@ -80,3 +82,7 @@ class ManagerConfig:
     jobs: tuple[JobSpec, ...] = ()
     # node id (or "default") -> its emulated devices; empty: no device agents anywhere
     devices: dict[str, DeviceOptions] = field(default_factory=dict)
+    # the per-node fast controller each NodeAgent hosts (one of LOCAL_CONTROLLERS; "none" by
+    # default: the global allocator alone) and its options (docs/local_control.md)
+    local_controller: str = "none"
+    local_options: dict[str, Any] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from actors.devices import device_participant_specs, participants_for_node  # noqa: E402
+from allocators.base import Policy  # noqa: E402
 from cluster_mgr.model import (  # noqa: E402
     Allocation,
     MeshShare,
@@ -332,3 +333,140 @@ def test_node_agent_builds_participants_from_device_options(cluster: list[str]) 
         ray.get([g.shutdown.remote() for g in agents.values()], timeout=60)  # closes the participants
         for g in agents.values():
             ray.kill(g, no_restart=True)
+
+
+# --------------------------------------------------------------------------- manager-driven
+
+
+class ScriptedDevicePolicy(Policy):
+    """A policy for the manager-driven test: round k allocates ``script[k-1]`` (the last entry
+    after that), each entry job -> {kind: amount}; CPU, mesh req/s and PIM cores alike."""
+
+    name = "scripted_devices"
+    kind = "plug-in"
+    description = "test policy: a fixed allocation per round"
+    source = "tests"
+    resources = ("cpu", "mesh", "pim_cores")
+    reserve = 0.0
+
+    def __init__(self, script: list[dict[str, dict[str, float]]] | None = None) -> None:
+        self.script = script or [{}]
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"i": 0}
+
+    def decide(self, snapshot: Any, state: dict[str, Any]) -> tuple[Allocation, dict[str, Any]]:
+        i = int(state.get("i", 0))
+        entry = self.script[min(i, len(self.script) - 1)]
+        amounts = {j.name: ResourceVector.from_dict(entry.get(j.name, {})) for j in snapshot.jobs}
+        return snapshot.allocation(amounts, self.name), {"i": i + 1}
+
+
+class CommitNack:
+    """A device participant that votes yes and then refuses every push at commit (the way
+    an Envoy NACK looks from the agent): ``last_commit.ok`` False, its old version stays."""
+
+    def __init__(self, name: str = "nacker") -> None:
+        from actors.devices import CommitOutcome
+
+        self.name = name
+        self._outcome = CommitOutcome
+        self.last_commit: Any = None
+
+    def prepare(self, plan: Any, node_id: str) -> str | None:
+        return None
+
+    def commit(self, epoch: int) -> None:
+        self.last_commit = self._outcome(epoch, False, "e0", "refused: test double")
+
+    def abort(self, epoch: int) -> None:
+        pass
+
+    def telemetry(self, now: float) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_manager_drives_mesh_rate_limit_and_pim_core_move(cluster: list[str], tmp_path: Any) -> None:
+    """The Controller itself (not the test) places mesh and PIM amounts of its allocation and
+    pushes them through two-phase apply in a round; a commit-time NACK asks for a re-plan."""
+    from actors.names import agent_name
+    from cluster_mgr.model import JobSpec
+    from cluster_mgr.runtime.ray_backend import RayManager
+    from cluster_mgr.settings import ManagerConfig
+    from dpu_agent.service import MeshHttpClient
+
+    a, b = cluster
+    ns = "cm-devices-mgr"
+    script = [
+        {"web": {"cpu": 1.0, "mesh": 5000.0}, "lc": {"pim_cores": 4.0}, "be": {"pim_cores": 12.0}},
+        {"web": {"cpu": 1.0, "mesh": 20.0}, "lc": {"pim_cores": 12.0}, "be": {"pim_cores": 4.0}},
+    ]
+    jobs = (JobSpec("web", replica_cpus=1.0), JobSpec("lc", replica_cpus=1.0),
+            JobSpec("be", replica_cpus=1.0))  # fmt: skip
+    cfg = ManagerConfig(
+        address="cluster", namespace=ns, round_s=3600.0, log_uri=str(tmp_path / "log"),
+        admin_bind="", policy="tests.ray.test_ray_devices:ScriptedDevicePolicy",
+        policy_options={"script": script}, jobs=jobs,
+        devices={a: DeviceOptions(envoy=True),
+                 b: DeviceOptions(pim_preset="pimcloud", pim_apps=PIM_APPS)},
+    )  # fmt: skip
+    m = RayManager(cfg, {"agent_options": {"push_period_s": 1.0}})
+    m.start()
+    try:
+        agents = {n: ray.get_actor(agent_name(n), namespace=ns) for n in (a, b)}
+
+        def devices() -> dict[str, Any]:
+            return dict(zip(agents, ray.get([g.device_info.remote() for g in agents.values()],
+                                            timeout=60), strict=True))  # fmt: skip
+
+        def committed(epoch: int) -> dict[str, Any] | None:
+            d = devices()
+            mesh, pim = d[a].get("mesh", {}).get("last_commit"), d[b].get("pim", {}).get("last_commit")
+            ok = mesh and pim and mesh["epoch"] == epoch and pim["epoch"] == epoch
+            return d if ok else None
+
+        # round 1 (epoch 1): the first round is due at once
+        d = wait_for(lambda: committed(1), 120, "epoch 1 committed at both devices")
+        assert d[a]["mesh"]["last_commit"]["ok"] and d[a]["mesh"]["last_commit"]["version"] == "e1", d
+        lc, be = d[b]["pim"]["assignments"]["lc"], d[b]["pim"]["assignments"]["be"]
+        assert sum(lc["pim"]) == 4 and sum(be["pim"]) == 12, d
+        plan = ray.get(m.controller.plan.remote())
+        assert {(x["node_id"], x["job"]) for x in plan["mesh"]} == {(a, "web")}, plan
+        # round 2 (epoch 2): 20 req/s admitted for web at A's proxy; PIM cores move lc 4 -> 12
+        ray.get(m.controller.request_round.remote())
+        d = wait_for(lambda: committed(2), 120, "epoch 2 committed at both devices")
+        assert d[a]["mesh"]["last_commit"]["ok"] and d[b]["pim"]["last_commit"]["ok"], d
+        lc, be = d[b]["pim"]["assignments"]["lc"], d[b]["pim"]["assignments"]["be"]
+        assert sum(lc["pim"]) == 12 and sum(be["pim"]) == 4, d
+        http = MeshHttpClient(d[a]["mesh"]["listener"])
+        codes: collections.Counter[int] = collections.Counter()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            codes[http.get("web").status] += 1
+        http.close()
+        admitted = sum(v for k, v in codes.items() if k != 429)
+        print(f"\nmanager-driven epoch 2: PIM lc {lc['pim']} be {be['pim']}; web at A's proxy "
+              f"in 1 s: {dict(codes)}")  # fmt: skip
+        assert codes[429] > 50 and admitted <= 20 * 1.5 + 2, codes
+        # a commit-time NACK leaves A on its old version: the controller records it and asks
+        # for a re-plan at once (one more round, epoch 4), and not again for the same NACK
+        # repeated (no storm of rounds)
+        ray.get(agents[a].register_participant.remote(
+            {"factory": "tests.ray.test_ray_devices:CommitNack", "options": {}}), timeout=60)  # fmt: skip
+        before = m.info()["rounds_done"]
+        ray.get(m.controller.request_round.remote())
+
+        def nack_events() -> list[dict[str, Any]]:
+            return [e for e in m.info()["events"] if e["kind"] == "commit_nack"]
+
+        evs = wait_for(lambda: (lambda e: e if len(e) >= 2 else None)(nack_events()), 120,
+                       "a NACK, its re-plan, and the re-plan's NACK")  # fmt: skip
+        assert evs[0]["replan"] == "now" and evs[1]["replan"] == "next round", evs
+        assert f"{a}/nacker" in evs[0]["nacks"] and evs[1]["epoch"] == evs[0]["epoch"] + 1, evs
+        assert m.info()["rounds_done"] == before + 2
+        ray.get(agents[a].unregister_participant.remote("nacker"), timeout=60)
+    finally:
+        m.stop()
