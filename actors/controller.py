@@ -771,6 +771,7 @@ class Controller:
                 "events": list(c.events)[-50:], "restored_windows": c.restored,
                 "incarnation": c.incarnation, "cpu_s": time.process_time(),
                 "agent_log": c.agent_log,
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "last_decision_ms": c.ga.last_decision.decision_ms if c.ga.last_decision else None,
             }  # fmt: skip
 

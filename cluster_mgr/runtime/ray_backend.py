@@ -85,9 +85,23 @@ class RayManager:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- calls -------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, timeout: float = 60.0) -> Any:
+        """Call the controller, riding out a restart (Ray restarts it when its node dies and
+        it resumes from the log). Only for calls that are safe to repeat."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                ref = getattr(self.controller, method).remote(*args)
+                return ray.get(ref, timeout=max(1.0, deadline - time.time()))
+            except ray.exceptions.ActorUnavailableError:
+                if time.time() > deadline:
+                    raise
+            time.sleep(0.2)  # polling a restarting actor, not standing in for work
+
     # -- waiting -----------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        return ray.get(self.controller.info.remote(), timeout=60)
+        return self._call("info")
 
     def wait_controller(self, timeout: float = 120.0) -> dict[str, Any]:
         """Block until the controller answers (after a restart: once it has resumed)."""
@@ -114,19 +128,19 @@ class RayManager:
 
     # -- ControlPlane ------------------------------------------------------------------
     def status(self) -> Status:
-        return ray.get(self.controller.status.remote(), timeout=60)
+        return self._call("status")
 
     def submit(self, spec: JobSpec) -> None:
-        ray.get(self.controller.submit.remote(spec), timeout=60)
+        self._call("submit", spec)  # add-or-update: safe to repeat
 
     def remove(self, name: str) -> None:
         ray.get(self.controller.remove.remote(name), timeout=60)
 
     def drain(self, node_id: str) -> None:
-        ray.get(self.controller.drain.remote(node_id), timeout=60)
+        self._call("drain", node_id)
 
     def explain(self, job: str) -> Explanation:
-        return ray.get(self.controller.explain.remote(job), timeout=60)
+        return self._call("explain", job)
 
     def policies(self) -> tuple[PolicyInfo, ...]:
-        return ray.get(self.controller.policies.remote(), timeout=60)
+        return self._call("policies")

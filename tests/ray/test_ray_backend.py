@@ -209,7 +209,10 @@ def test_drained_node_gets_no_replicas(manager: RayManager, cluster) -> None:  #
 def test_dead_node_replicas_replaced_within_two_rounds(manager: RayManager, cluster) -> None:  # type: ignore[no-untyped-def]
     c, workers = cluster
     plan = plan_by_node(manager)
-    victim = next(w for w in workers[1:] if w.node_id in plan)
+    # A node that holds replicas but not the controller: this test is about re-placing
+    # work; a controller dying with its node is test_ray_faults' resume test.
+    controller_node = manager.info()["node_id"]
+    victim = next(w for w in workers[1:] if w.node_id in plan and w.node_id != controller_node)
     c.remove_node(victim)
     wait_for(lambda: victim.node_id not in alive_nodes(), 60, "Ray to report the node dead")
     start_round = manager.info()["rounds_done"]
