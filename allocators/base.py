@@ -32,6 +32,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from cluster_mgr.model import (
+    RESOURCE_KINDS,
     ZERO,
     Allocation,
     JobSpec,
@@ -118,8 +119,14 @@ def sum_vectors(vectors: Iterable[ResourceVector]) -> ResourceVector:
     """Sum of resource vectors in one pass (ResourceVector.total builds one vector per step)."""
     acc: dict[str, float] = {}
     for v in vectors:
-        for k, x in v.as_dict(nonzero=True).items():
-            acc[k] = acc.get(k, 0.0) + x
+        # The built-in kinds by attribute (no dict per vector: 10,000 nodes per snapshot).
+        for k in RESOURCE_KINDS:
+            x = getattr(v, k)
+            if x != 0.0:
+                acc[k] = acc.get(k, 0.0) + x
+        for k, x in v.custom:
+            if x != 0.0:
+                acc[k] = acc.get(k, 0.0) + x
     return ResourceVector.from_dict(acc) if acc else ZERO
 
 

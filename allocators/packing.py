@@ -32,7 +32,12 @@ from cluster_mgr.model import (
 
 
 class PackingError(ValueError):
-    """The allocation cannot be placed on the nodes there are."""
+    """The allocation cannot be placed on the nodes there are; ``job`` names the job that did
+    not fit (None when the allocation itself is malformed)."""
+
+    def __init__(self, message: str, job: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +93,9 @@ def pack(
         else:
             allowed = every
         if allowed.size == 0:
-            raise PackingError(f"job {name!r}: no schedulable node among its pins {list(job.pins)}")
+            raise PackingError(
+                f"job {name!r}: no schedulable node among its pins {list(job.pins)}", name
+            )
         vec = np.zeros(len(kinds))
         for k, v in d.items():
             vec[kpos[k]] = max(v, 0.0)
@@ -115,15 +122,29 @@ def pack(
             continue
         # 1) keep what was there (fewest moves)
         prev = before.get(name, {})
-        allowed_set = set(allowed.tolist()) if prev else set()
-        for node in sorted(n for n in prev if prev[n] > 0 and n in allowed_set):
+        if prev and allowed is not every:
+            allowed_set = set(allowed.tolist())
+            kept = sorted(n for n in prev if prev[n] > 0 and n in allowed_set)
+        else:
+            kept = sorted(n for n in prev if prev[n] > 0)
+        cpu_only = ci is not None and need[ci] and int(need.sum()) == 1
+        for node in kept:
             want = min(left, prev[node] / amount.cpu) if amount.cpu > 0 else left
-            room = float(_rooms(free[:, node : node + 1], vec, need)[0])
+            if cpu_only:  # one kind: the room is a scalar division, no array pass
+                room = max(float(free[ci, node]), 0.0) / float(vec[ci])
+            else:
+                room = float(_rooms(free[:, node : node + 1], vec, need)[0])
             take = _quantized(min(want, room), amount, left)
             if take > 0:
                 left = _put(name, node, take, vec, free, placed, left)
                 if order is not None:
                     order.sync(node)
+        if left > 1e-9 and order is not None and allowed is every and cpu_only:
+            # the rest of an unpinned CPU-only job: best fit by bisection on sorted free CPU
+            moves += order.place(
+                name, float(vec[ci]), amount, free, placed, usable, kinds, left=left, prev=prev
+            )
+            continue
         # 2) the rest: best fit for the whole remainder, else the roomiest node, piece by piece
         while left > 1e-9:
             rooms = _rooms(free if allowed is every else free[:, allowed], vec, need)
@@ -139,7 +160,8 @@ def pack(
                     raise PackingError(
                         f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
                         f"no allowed node (most room: {usable[node].node_id} with "
-                        f"{_fmt(_vector(kinds, free[:, node]))})"
+                        f"{_fmt(_vector(kinds, free[:, node]))})",
+                        name,
                     )
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
@@ -149,10 +171,16 @@ def pack(
 
     amounts = {t[2]: t[3] for t in todo}
     shares = []
+    pieces: dict[tuple[str, float], ResourceVector] = {}  # a job's equal pieces share one vector
     for (name, node), frac in sorted(
         placed.items(), key=lambda kv: (usable[kv[0][1]].node_id, kv[0][0])
     ):
-        res = amounts[name] if frac >= 1.0 - 1e-12 else amounts[name].scale(frac)
+        if frac >= 1.0 - 1e-12:
+            res = amounts[name]
+        else:
+            res = pieces.get((name, frac))
+            if res is None:
+                res = pieces[(name, frac)] = _scaled(amounts[name], frac)
         shares.append(
             NodeShare(
                 usable[node].node_id,
@@ -188,9 +216,13 @@ class _FreeOrder:
         placed: dict[tuple[str, int], float],
         usable: Sequence[NodeInfo],
         kinds: Sequence[str],
+        left: float = 1.0,
+        prev: Mapping[int, float] | None = None,
     ) -> int:
-        """Place a CPU-only job (fraction 1 of ``cpu``); returns the moves (new nodes) it took."""
-        left, moves = 1.0, 0
+        """Place ``left`` (a fraction) of a CPU-only job of ``cpu``; returns the moves (nodes new
+        to the job, ``prev`` being where it ran before) it took."""
+        moves = 0
+        prev = prev or {}
         vec = np.zeros(free.shape[0])
         vec[kinds.index("cpu")] = cpu
         while left > 1e-9:
@@ -209,13 +241,24 @@ class _FreeOrder:
                     raise PackingError(
                         f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
                         f"no allowed node (most room: {usable[node].node_id} with "
-                        f"{_fmt(_vector(kinds, free[:, node]))})"
+                        f"{_fmt(_vector(kinds, free[:, node]))})",
+                        name,
                     )
-            if placed.get((name, node), 0.0) == 0.0:
+            if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
             self.sync(node)
         return moves
+
+
+def _scaled(v: ResourceVector, frac: float) -> ResourceVector:
+    """``v.scale(frac)`` without re-validating: ``v`` is valid and ``0 <= frac <= 1`` keeps every
+    amount finite (packing builds one per split share: thousands at 10,000 nodes)."""
+    out = object.__new__(ResourceVector)
+    for k in RESOURCE_KINDS:
+        object.__setattr__(out, k, getattr(v, k) * frac)
+    object.__setattr__(out, "custom", tuple((k, x * frac) for k, x in v.custom))
+    return out
 
 
 def _rooms(free: np.ndarray, vec: np.ndarray, need: np.ndarray) -> np.ndarray:

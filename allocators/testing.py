@@ -9,15 +9,18 @@ public so a plug-in author can run one at a time. Checks:
 - bounds: every job present, minimums, maximums, pins (through packing), CPU in
   0.1 quanta (or exactly at a bound) and whole PIM cores;
 - work conservation: no CPU quantum idle while some job below its maximum
-  would gain utility (upper bound) from it, unless the policy states a reserve;
+  would gain utility (upper bound) from it and could be given it and still pack,
+  unless the policy states a reserve;
 - determinism: the same snapshot and state give the same decision and state;
 - edge cases: zero jobs, one job, jobs arriving and leaving;
 - stillness: the same snapshot again (state carried) moves nothing;
 - replay: the state survives a JSON round trip and the decision from it is the same;
 - infeasible: minimums above capacity raise InfeasibleError and change no state.
 
-Test doubles: ``SaturatingModel`` (reward = tanh(k * cpu / load)) and
-``BandModel`` (known lcb/ucb offsets around any model's mean).
+Test doubles: ``SaturatingModel`` (reward = tanh(k * cpu / load)),
+``BandModel`` (known lcb/ucb offsets around any model's mean) and ``MultiModel``
+(reward from cpu, memory and PIM cores at once); ``random_multi_snapshot`` gives few
+small nodes and such jobs, where an allocation that fits in aggregate often does not pack.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from allocators.base import InfeasibleError, Policy, PolicyState, Snapshot
+from allocators.base import InfeasibleError, Policy, PolicyState, Snapshot, check_feasible
 from allocators.objectives import Objective
 from allocators.packing import PackingError, pack
 from cluster_mgr.model import (
@@ -103,6 +106,82 @@ class BandModel:
         lo = np.array([mod.lower for mod in models], dtype=float)[:, None]
         up = np.array([mod.upper for mod in models], dtype=float)[:, None]
         return np.clip(m - lo, 0.0, 1.0), m, np.clip(m + up, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MultiModel:
+    """A multi-resource job: reward = tanh(sum_k gain_k * a_k / load) over the allocation's
+    columns (cpu first, then ``kinds`` order of the policy); exact bounds, ``dim`` columns."""
+
+    gains: tuple[float, ...] = (1.0, 0.1, 0.5)
+
+    @property
+    def dim(self) -> int:
+        return len(self.gains)
+
+    def bounds(
+        self, alloc: np.ndarray, load: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a = np.asarray(alloc, dtype=float)
+        a = a[:, None] if a.ndim == 1 else a
+        g = np.zeros(a.shape[1])
+        g[: min(len(self.gains), a.shape[1])] = self.gains[: a.shape[1]]
+        m = np.tanh(a @ g / max(float(np.mean(load)), 1e-9))
+        return m, m, m
+
+
+def random_multi_snapshot(rng: np.random.Generator, n_jobs: int | None = None) -> Snapshot:
+    """Few small nodes and jobs that gain from cpu, memory and PIM cores at once (MultiModel),
+    with multi-kind minimums: allocations that fit in aggregate often cannot be packed."""
+    n_jobs = int(rng.integers(2, 7)) if n_jobs is None else n_jobs
+    nodes = tuple(
+        NodeInfo(
+            f"node-{k}",
+            ResourceVector(
+                cpu=float(rng.integers(1, 5)),
+                memory=float(rng.integers(2, 9)),
+                pim_cores=float(rng.choice([0.0, 2.0, 4.0, 8.0])),
+            ),
+        )
+        for k in range(int(rng.integers(1, 4)))
+    )
+    jobs, mods, loads = [], {}, {}
+    for i in range(n_jobs):
+        name = f"job-{i:03d}"
+        minimum = ResourceVector()
+        if rng.random() < 0.5:
+            minimum = ResourceVector(cpu=0.1 * int(rng.integers(0, 4)), memory=0.5)
+        pins: tuple[str, ...] = ()
+        if i == 0 and rng.random() < 0.3:  # one pinned job at most: the rest can reach every node
+            pins = (nodes[int(rng.integers(0, len(nodes)))].node_id,)
+            minimum = ResourceVector()
+        jobs.append(
+            JobSpec(
+                name,
+                weight=float(rng.integers(1, 4)),
+                minimum=minimum,
+                pins=pins,
+                replica_cpus=float(rng.choice([0.5, 1.0])),
+            )
+        )
+        mods[name] = MultiModel(
+            (float(rng.uniform(0.3, 2.0)), float(rng.uniform(0.0, 0.5)), float(rng.uniform(0, 1)))
+        )
+        loads[name] = float(rng.uniform(0.5, 3.0))
+    snap = Snapshot(
+        time=0.0,
+        round=0,
+        nodes=nodes,
+        jobs=tuple(jobs),
+        models=mods,
+        loads=loads,
+        seed=int(rng.integers(0, 2**31)),
+    )
+    try:
+        check_feasible(snap)
+    except InfeasibleError:  # minimums above a tiny cluster: drop them
+        snap = replace(snap, jobs=tuple(replace(j, minimum=ResourceVector()) for j in jobs))
+    return snap
 
 
 def random_snapshot(
@@ -301,9 +380,22 @@ def check_work_conserving(snapshot: Snapshot, alloc: Allocation, policy: Policy)
         ucb = np.asarray(model.bounds(np.array([x, x + room]), load)[2], dtype=float)
         thr = j.reward_threshold
         gain = min(ucb[1], thr) - min(ucb[0], thr)  # utility saturates at the threshold
-        if gain > 1e-4:
+        if gain > 1e-4 and _packs_with_one_more(snapshot, alloc, j.name):
             errs.append(f"{idle:.2f} cpu idle while {j.name} would gain {gain:.3g} reward from it")
     return errs
+
+
+def _packs_with_one_more(snapshot: Snapshot, alloc: Allocation, job: str) -> bool:
+    """Whether ``job`` could be given one more CPU quantum and the allocation still pack: a
+    quantum no job can take without breaking packing (its other kinds do not fit beside it on
+    the node with the CPU) is not idle capacity."""
+    a = alloc.get(job)
+    more = replace(alloc, amounts={**alloc.amounts, job: a.with_amount("cpu", a.cpu + CPU_QUANTUM)})
+    try:
+        pack(more, snapshot.jobs, snapshot.nodes)
+    except PackingError:
+        return False
+    return True
 
 
 def _json_state(state: PolicyState, who: str) -> list[str]:
@@ -417,13 +509,23 @@ def churn(rng: np.random.Generator, steps: int = 6) -> list[Snapshot]:
 
 
 def check_policy(
-    factory: PolicyFactory, seed: int = 0, n_snapshots: int = 12, extra: Iterable[Snapshot] = ()
+    factory: PolicyFactory,
+    seed: int = 0,
+    n_snapshots: int = 12,
+    extra: Iterable[Snapshot] = (),
+    n_multi: int = 6,
 ) -> None:
-    """Run the whole kit; raise ConformanceError with every violation found."""
+    """Run the whole kit; raise ConformanceError with every violation found.
+
+    ``n_multi`` snapshots of few small nodes with multi-resource jobs
+    (``random_multi_snapshot``, drawn from their own generator) test that decisions pack
+    on the nodes, not only in aggregate."""
     rng = np.random.default_rng(seed)
     errs: list[str] = []
     cases = [random_snapshot(rng, n_jobs=0), random_snapshot(rng, n_jobs=1)]
     cases += [random_snapshot(rng) for _ in range(n_snapshots)]
+    multi = np.random.default_rng([seed, 1])
+    cases += [random_multi_snapshot(multi) for _ in range(n_multi)]
     cases += list(extra)
     for snap in cases:
         errs += check_decision(factory, snap)
@@ -442,6 +544,7 @@ def summarize(errors: Mapping[str, list[str]]) -> str:
 __all__ = [
     "BandModel",
     "ConformanceError",
+    "MultiModel",
     "SaturatingModel",
     "check_allocation",
     "check_decision",
@@ -451,5 +554,6 @@ __all__ = [
     "check_sequence",
     "check_work_conserving",
     "churn",
+    "random_multi_snapshot",
     "random_snapshot",
 ]

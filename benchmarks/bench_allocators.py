@@ -6,6 +6,9 @@ through BandModel, the truth's mean with per-job confidence offsets (what a
 learner in mid-run offers). Welfare is always scored on the truth.
 
 - decision_ms[policy][n]: decide + pack, n jobs on n nodes (best of a few runs).
+- pack_ms["jobs x nodes"]: placement at scale (1,000 jobs on 1,000 and 10,000 nodes of
+  16 CPUs, 90 % full): pack from nothing, check_plan, and one controller round
+  (place.make_plan: pack with the previous plan kept first, then check_plan), CPU ms.
 - welfare_vs_oracle[policy]: welfare on the truth after a 40-step closed loop
   (feedback baselines need steps to converge; signals are synthesised from the
   truth: P99 = target * demand/alloc, utilisation = demand/alloc, queue of
@@ -23,7 +26,7 @@ learner in mid-run offers). Welfare is always scored on the truth.
   programme (capacity in 2,000 units), for the separable objectives.
 - welfare_vs_time_evo: [ms, welfare] as the evolutionary search runs (n = 100).
 
-Run: .venv/bin/python benchmarks/bench_allocators.py [--quick]. Prints one JSON line.
+Run: .venv/bin/python benchmarks/bench_allocators.py [--quick] [--pack-only]. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -254,6 +257,52 @@ def timed(name: str, snap: Snapshot, repeats: int) -> float:
     return best
 
 
+def pack_scale(n_jobs: int, n_nodes: int, repeats: int = 3) -> dict[str, float]:
+    """CPU ms (best of ``repeats``) of placing ``n_jobs`` on ``n_nodes`` nodes of 16 CPUs at 90 %
+    load: ``pack`` from nothing, ``check_plan`` of that plan, and the round-to-round case the
+    controller runs (``place.make_plan``: pack with the previous plan kept first, then
+    ``check_plan``) after every job's amount moved by up to 10 %; ``moves`` of that round."""
+    from cluster_mgr.place import check_plan, make_plan
+
+    rng = np.random.default_rng(5)
+    nodes = [NodeInfo(f"n{k:05d}", ResourceVector(cpu=16.0, memory=64.0)) for k in range(n_nodes)]
+    jobs = [
+        JobSpec(f"j{i:04d}", replica_cpus=float(rng.choice([0.5, 1.0, 2.0]))) for i in range(n_jobs)
+    ]
+    share = rng.uniform(0.5, 2.0, n_jobs)
+    cap = 16.0 * n_nodes * 0.9
+    first = np.floor(share / share.sum() * cap * 10) / 10
+    second = first * rng.uniform(0.9, 1.1, n_jobs)
+    second = np.floor(second * min(1.0, cap / second.sum()) * 10) / 10
+
+    def alloc(x: np.ndarray) -> Allocation:
+        return Allocation(
+            {j.name: ResourceVector(cpu=float(v)) for j, v in zip(jobs, x, strict=True)}
+        )
+
+    a1, a2 = alloc(first), alloc(second)
+
+    def best(fn: Any) -> tuple[float, Any]:
+        ms, out = math.inf, None
+        for _ in range(repeats):
+            t0 = time.process_time()
+            out = fn()
+            ms = min(ms, (time.process_time() - t0) * 1000)
+        return ms, out
+
+    cold_ms, cold = best(lambda: pack(a1, jobs, nodes))
+    plan = make_plan(a1, jobs, nodes, None, 1, 1).plan
+    check_ms, _ = best(lambda: check_plan(plan, nodes))
+    round_ms, res = best(lambda: make_plan(a2, jobs, nodes, plan, 2, 2))
+    return {
+        "pack_cold_ms": round(cold_ms, 1),
+        "check_plan_ms": round(check_ms, 1),
+        "make_plan_round_ms": round(round_ms, 1),
+        "moves": res.moves,
+        "shares": len(res.plan.shares),
+    }
+
+
 def exact_dp(
     objective: str, snap: Snapshot, truth: dict[str, RewardCurve], units: int = 2000
 ) -> Allocation:
@@ -286,9 +335,14 @@ def exact_dp(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer seeds and repeats")
+    ap.add_argument("--pack-only", action="store_true", help="only the packing figures (pack_ms)")
     args = ap.parse_args()
     seeds = [1] if args.quick else [1, 2, 3]
     out: dict[str, Any] = {"decision_ms": {}, "welfare_vs_oracle": {}}
+    out["pack_ms"] = {f"{j}x{n}": pack_scale(j, n) for j, n in ((1000, 1000), (1000, 10_000))}
+    if args.pack_only:
+        print(json.dumps(out["pack_ms"]))
+        return
 
     sizes = (10, 100, 1000)
     snaps = {n: scenario(n, seed=7)[0] for n in sizes}

@@ -20,9 +20,10 @@ import numpy as np
 
 from allocators.base import Policy, PolicyError, PolicyState, Snapshot, check_feasible
 from allocators.policies.engine import pin_limits
+from allocators.policies.fit import as_allocation, fit_to_nodes, packing_failure, regrow_cpu
 from allocators.problem import SIDE_INDEX, cpu_problem, job_utility_fn
 from allocators.solvers.rounding import spread
-from cluster_mgr.model import CPU_QUANTUM, Allocation, JobSpec, ResourceVector
+from cluster_mgr.model import CPU_QUANTUM, Allocation, JobSpec
 
 QUANTA = {"cpu": CPU_QUANTUM, "pim_cores": 1.0, "memory": 0.1, "mesh": 1.0, "gpu": 1.0}
 
@@ -126,7 +127,13 @@ class MultiResource(Policy):
         for k in range(1, d):
             if quant[k] >= 1.0:
                 x[:, k] = np.maximum(np.floor(x[:, k] + 1e-9), np.ceil(lo[:, k] - 1e-9))
+        # Packing-aware: what fits in aggregate may not pack (allocators.policies.fit).
+        x, shrunk = fit_to_nodes(snapshot, jobs, kinds, x, lo, quant, who=self.name)
+        if shrunk:  # CPU the shrinking freed goes back where it still packs (work conservation)
+            x = regrow_cpu(snapshot, jobs, kinds, x, np.maximum(hi_cpu, x[:, c]), w, cap[c])
         info: dict[str, Any] = {}
+        if shrunk:
+            info["packing"] = {"shrunk": sorted(jobs[i].name for i in shrunk)}
         old = self._last(snapshot, jobs, kinds, lo, hi, cap)
         if old is not None and self.switching_cost > 0:
 
@@ -138,15 +145,7 @@ class MultiResource(Policy):
             if moved > 1e-12 and gain <= self.switching_cost * moved / d:
                 x = old
             info["stability"] = {"moved": bool(x is not old), "gain": gain}
-        out = {
-            j.name: ResourceVector.from_dict(
-                {
-                    **j.minimum.as_dict(),
-                    **{k: round(float(v), 9) for k, v in zip(kinds, row, strict=True)},
-                }
-            )
-            for j, row in zip(jobs, x, strict=True)
-        }
+        out = dict(as_allocation(jobs, kinds, x).amounts)
         return snapshot.allocation(out, self.name), {**state, **info}
 
     @staticmethod
@@ -159,8 +158,13 @@ class MultiResource(Policy):
             share = snapshot.capacity.cpu / max(len(snapshot.jobs), 1)
             return lambda a: np.clip(a[:, 0] / max(share, 1e-9), 0.0, 1.0)
 
+        # A model that declares its input width (learners' ``dim``: 1 for CPU-only learners)
+        # reads that many leading columns (cpu first); others get every kind.
+        dim = getattr(model, "dim", None)
+        cols = int(dim) if isinstance(dim, int) and 0 < dim < len(kinds) else len(kinds)
+
         def u(a: np.ndarray) -> np.ndarray:
-            reward = np.asarray(model.bounds(a, load)[SIDE_INDEX["upper"]], dtype=float)
+            reward = np.asarray(model.bounds(a[:, :cols], load)[SIDE_INDEX["upper"]], dtype=float)
             return fn(reward, a[:, 0])
 
         return u
@@ -179,5 +183,7 @@ class MultiResource(Policy):
             return None
         old = np.array([[last.get(j.name).get(k) for k in kinds] for j in jobs])
         if np.any(old < lo - 1e-9) or np.any(old > hi + 1e-9) or np.any(old.sum(0) > cap + 1e-9):
+            return None
+        if packing_failure(snapshot, jobs, kinds, old) is not None:  # nodes changed under it
             return None
         return old

@@ -6,7 +6,9 @@ DRF (Ghodsi et al., NSDI '11): progressive filling on each job's per-replica
 demand vector until some resource a job needs is exhausted, equalising
 weighted dominant shares; continuous (fractional replicas), as in the paper's
 analysis. A job's demand vector is its minimum per replica when it states one,
-else ``replica_cpus`` CPUs.
+else ``replica_cpus`` CPUs. Deviation: the paper's cluster places whole tasks on
+machines; here a vector that fits in aggregate but not on the nodes is shrunk in its own
+proportions until it packs (``allocators.policies.fit``), and CPU freed so goes where it fits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from allocators.base import Policy, PolicyError, PolicyState, Snapshot, check_feasible
 from allocators.policies.engine import CpuPolicy, pin_limits
+from allocators.policies.fit import fit_to_nodes, regrow_cpu
 from allocators.problem import CpuProblem, cpu_problem
 from allocators.solvers.rounding import quantize
 from cluster_mgr.model import CPU_QUANTUM, Allocation, ResourceVector
@@ -118,13 +121,28 @@ class DominantResourceFairness(Policy):
         if "pim_cores" in kinds:
             p = kinds.index("pim_cores")
             amounts[:, p] = np.maximum(np.floor(amounts[:, p] + 1e-9), np.ceil(lo[:, p] - 1e-9))
+        # Tasks must land on nodes: shrink (whole quanta, same proportions) what does not pack.
+        quant = np.array([CPU_QUANTUM if k in ("cpu", "memory") else 1.0 for k in kinds])
+        amounts, shrunk = fit_to_nodes(
+            snapshot, jobs, kinds, amounts, lo, quant, who=self.name, proportional=True
+        )
+        if shrunk and cpu is not None:  # CPU freed goes back where it still packs
+            hi_cpu = np.minimum(hi[:, cpu], cap[cpu])
+            if "cpu" in kinds and any(j.pins for j in jobs):
+                limits = pin_limits(cpu_problem(snapshot), snapshot, amounts[:, cpu])
+                hi_cpu = hi_cpu if limits is None else np.minimum(hi_cpu, limits)
+            hi_cpu = np.maximum(hi_cpu, amounts[:, cpu])
+            amounts = regrow_cpu(snapshot, jobs, kinds, amounts, hi_cpu, w, cap[cpu], cpu)
         out = {
             j.name: ResourceVector.from_dict(
                 {**j.minimum.as_dict(), **dict(zip(kinds, map(float, row), strict=True))}
             )
             for j, row in zip(jobs, amounts, strict=True)
         }
-        return snapshot.allocation(out, self.name), dict(state)
+        state_out = dict(state)
+        if shrunk:
+            state_out["packing"] = {"shrunk": sorted(jobs[i].name for i in shrunk)}
+        return snapshot.allocation(out, self.name), state_out
 
     @staticmethod
     def _demand(job: Any, kinds: list[str]) -> list[float]:

@@ -117,3 +117,31 @@ def test_random_snapshot_is_seeded() -> None:
     a = random_snapshot(np.random.default_rng(5))
     b = random_snapshot(np.random.default_rng(5))
     assert a.jobs == b.jobs and a.nodes == b.nodes and a.signals == b.signals
+
+
+def test_kit_catches_allocations_that_fit_in_aggregate_but_not_on_nodes() -> None:
+    from allocators.testing import random_multi_snapshot
+
+    class Unaware(Policy):
+        """Broken on purpose: splits every kind by weight, blind to the nodes."""
+
+        name = "unaware_broken"
+        resources = ("cpu", "memory", "pim_cores")
+
+        def decide(self, snapshot: Snapshot, state: PolicyState) -> tuple[Allocation, PolicyState]:
+            cap, jobs = snapshot.capacity, snapshot.jobs
+            w = np.array([j.weight for j in jobs])
+            share = w / w.sum() if len(jobs) else w
+            out = {}
+            for j, s in zip(jobs, share, strict=True):
+                out[j.name] = ResourceVector(
+                    cpu=np.floor(cap.cpu * s * 10) / 10,
+                    memory=np.floor(cap.memory * s * 10) / 10,
+                    pim_cores=float(np.floor(cap.pim_cores * s)),
+                )
+            return snapshot.allocation(out, self.name), state
+
+    rng = np.random.default_rng(0)
+    snaps = [random_multi_snapshot(rng) for _ in range(10)]
+    with pytest.raises(ConformanceError, match="cannot be packed"):
+        check_policy(Unaware, seed=1, n_snapshots=0, extra=snaps)
