@@ -6,9 +6,7 @@ each leaves the manager in a state the next one can use.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,53 +21,24 @@ from cluster_mgr.model import SLO, JobSpec  # noqa: E402
 from cluster_mgr.runtime.ray_backend import RayManager  # noqa: E402
 from cluster_mgr.settings import ManagerConfig  # noqa: E402
 from cluster_mgr.store import RunLog  # noqa: E402
+from tests.ray.ray_cluster import STORE, multi_node_cluster, wait_for  # noqa: E402, F401  (re-exported)
 
 pytestmark = pytest.mark.ray
 
 NS = "cm-test"
 NODE_CPUS = 4
-STORE = 100 * 1024**2
 JOBS = (
     JobSpec("web", slo=SLO(target=30.0), weight=1.0, replica_cpus=4.0, workload={"service_ms": 4.0}),
     JobSpec("api", slo=SLO(target=30.0), weight=1.0, replica_cpus=4.0, workload={"service_ms": 4.0}),
 )
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    deadline = time.time() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)  # polling a condition in a test
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Cluster, list[Any]]]:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": NODE_CPUS,
-            "object_store_memory": STORE,
-            "include_dashboard": False,
-            # dead nodes are reported within ~1.5 s instead of Ray's default 30 s+
-            "_system_config": {
-                "health_check_period_ms": 500,
-                "health_check_failure_threshold": 3,
-                "health_check_initial_delay_ms": 0,
-            },
-        },
-    )
-    workers = [c.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE) for _ in range(3)]
-    ray.init(address=c.address, namespace=NS)
-    try:
+    with multi_node_cluster(NS, NODE_CPUS) as (c, workers):
         yield c, workers
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def config(tmp: str, cluster: Cluster, **kw: Any) -> ManagerConfig:

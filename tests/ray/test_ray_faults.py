@@ -7,7 +7,6 @@ One cluster and one manager for the module; the tests run in file order.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +24,13 @@ from cluster_mgr.model import SLO, JobSpec  # noqa: E402
 from cluster_mgr.runtime.ray_backend import RayManager  # noqa: E402
 from cluster_mgr.settings import ManagerConfig  # noqa: E402
 from cluster_mgr.store import RunLog  # noqa: E402
+from tests.ray.ray_cluster import multi_node_cluster, wait_for  # noqa: E402
 from tests.ray.test_ray_backend import (  # noqa: E402
     JOBS,
     NODE_CPUS,
-    STORE,
     converged,
     plan_by_node,
     replicas_by_node,
-    wait_for,
 )
 
 pytestmark = pytest.mark.ray
@@ -44,27 +42,8 @@ PREPARE_TIMEOUT_S = 3.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[Cluster, list[Any]]]:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": NODE_CPUS,
-            "object_store_memory": STORE,
-            "include_dashboard": False,
-            "_system_config": {
-                "health_check_period_ms": 500,
-                "health_check_failure_threshold": 3,
-                "health_check_initial_delay_ms": 0,
-            },
-        },
-    )
-    workers = [c.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE) for _ in range(3)]
-    ray.init(address=c.address, namespace=NS)
-    try:
+    with multi_node_cluster(NS, NODE_CPUS) as (c, workers):
         yield c, workers
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")
