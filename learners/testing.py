@@ -58,8 +58,9 @@ DEFAULT_CLAIMS: dict[str, Claims] = {
         curves=("queue_p99:1", "queue_p99:2", "queue_p99:3"),
         breakers=("loud:queue_p99:1", "loud:queue_p99:2"),
         width_curve="queue_p99:1",
-        # measured 4.4x the one-parameter oracle at n = 5,000 (docs/learners.md): misses the 3x target
-        max_width_ratio=5.0,
+        # measured 2.5 / 2.7 / 3.6x the one-parameter oracle at n = 5,000 on the three queueing
+        # curves (mean 2.87x; median 2.81x over 24 unseen ones, docs/learners.md): 4x keeps margin
+        max_width_ratio=4.0,
         options={"log_value": True},
     ),
     "ernest": Claims(
