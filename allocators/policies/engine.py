@@ -9,6 +9,7 @@ capacity, work conservation and the switching-cost hold.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -39,10 +40,11 @@ class CpuPolicy(Policy):
         self.switching_cost = float(switching_cost)
 
     # -- to implement ----------------------------------------------------------------
+    @abstractmethod
     def solve(
         self, problem: CpuProblem, snapshot: Snapshot, state: PolicyState
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        raise NotImplementedError
+        """The policy's CPU vector for this snapshot, and what to keep in its state."""
 
     def score(self, problem: CpuProblem, snapshot: Snapshot) -> Score | None:
         """The policy's objective on its own bound, for the switching-cost test (None: always move)."""

@@ -24,6 +24,7 @@ state reserve = 1 (idle capacity is not a work-conservation failure for them).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -68,10 +69,11 @@ class _Feedback(CpuPolicy):
         x, info = self.step(problem, snapshot, state, start_vector(problem, snapshot))
         return fit(x, problem), {**info, "acted_at": snapshot.time}
 
+    @abstractmethod
     def step(
         self, problem: CpuProblem, snapshot: Snapshot, state: PolicyState, x: np.ndarray
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        raise NotImplementedError
+        """One feedback step from ``x`` (the allocation in force)."""
 
 
 class Miad(_Feedback):
