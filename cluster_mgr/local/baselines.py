@@ -142,8 +142,24 @@ class PartiesController:
         return knobs.with_(quota=q, frequency=f)
 
 
+class _FollowsThePlan:
+    """For controllers whose only state between steps is the round's plan."""
+
+    plan: RoundPlan | None
+
+    def reset(self, plan: RoundPlan, knobs: Knobs) -> None:
+        self.plan = plan
+
+    def on_round(self, plan: RoundPlan) -> Knobs | None:
+        self.plan = plan
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
 @dataclass
-class CaladanController:
+class CaladanController(_FollowsThePlan):
     """Caladan-style: congestion gives a service one more core at once; idle cores go back.
 
     Congestion signals are Caladan's two: queueing delay (mean wait above half a
@@ -161,16 +177,6 @@ class CaladanController:
     delay_factor: float = 0.5
     plan: RoundPlan | None = None
 
-    def reset(self, plan: RoundPlan, knobs: Knobs) -> None:
-        self.plan = plan
-
-    def on_round(self, plan: RoundPlan) -> Knobs | None:
-        self.plan = plan
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
     def decide(self, sig: NodeSignals, knobs: Knobs, now: float) -> Knobs:
         assert self.plan is not None
         q = knobs.quota
@@ -187,7 +193,7 @@ class CaladanController:
 
 
 @dataclass
-class SurgeGuardController:
+class SurgeGuardController(_FollowsThePlan):
     """SurgeGuard as published: per-service targets, frequency first, then cores.
 
     Targets: 2x the profiled execution time and 1.2x the profiled
@@ -205,16 +211,6 @@ class SurgeGuardController:
     gain_floor: float = 0.02
     freq_step: float = 0.1
     plan: RoundPlan | None = None
-
-    def reset(self, plan: RoundPlan, knobs: Knobs) -> None:
-        self.plan = plan
-
-    def on_round(self, plan: RoundPlan) -> Knobs | None:
-        self.plan = plan
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
     def decide(self, sig: NodeSignals, knobs: Knobs, now: float) -> Knobs:
         assert self.plan is not None
