@@ -157,12 +157,7 @@ def pack(
                 node = int(allowed[pos])
                 take = _quantized(float(rooms[pos]), amount, left)
                 if take <= 0:
-                    raise PackingError(
-                        f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
-                        f"no allowed node (most room: {usable[node].node_id} with "
-                        f"{_fmt(_vector(kinds, free[:, node]))})",
-                        name,
-                    )
+                    raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
@@ -238,12 +233,7 @@ class _FreeOrder:
                 node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
                 take = _quantized(top / cpu, amount, left)
                 if take <= 0:
-                    raise PackingError(
-                        f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
-                        f"no allowed node (most room: {usable[node].node_id} with "
-                        f"{_fmt(_vector(kinds, free[:, node]))})",
-                        name,
-                    )
+                    raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
@@ -272,6 +262,14 @@ def _rooms(free: np.ndarray, vec: np.ndarray, need: np.ndarray) -> np.ndarray:
 
 def _vector(kinds: Sequence[str], values: np.ndarray) -> ResourceVector:
     return ResourceVector.from_dict(dict(zip(kinds, (float(v) for v in values), strict=True)))
+
+
+def _no_room(name: str, amount: ResourceVector, left: float, node_id: str, free: ResourceVector) -> PackingError:
+    return PackingError(
+        f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
+        f"no allowed node (most room: {node_id} with {_fmt(free)})",
+        name,
+    )
 
 
 def _quantized(frac: float, amount: ResourceVector, left: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -30,18 +30,7 @@ from cluster_mgr.place import PlanError
 from cluster_mgr.place_devices import PimNode, device_parts
 from dpu_agent.envoy_process import find_envoy
 from dpu_agent.service import EchoService, MeshHttpClient
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)  # polling a condition
-
+from tests.waiting import wait_for
 
 # --------------------------------------------------------------------------- place_devices (pure)
 

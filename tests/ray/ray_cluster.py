@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
+
+from tests import waiting
 
 STORE = 100 * 1024**2  # a small object store per node (2-core, shared machine)
 # Dead nodes are reported within ~1.5 s instead of Ray's default 30 s+.
@@ -44,12 +45,5 @@ def multi_node_cluster(namespace: str, node_cpus: int, workers: int = 3) -> Iter
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    """Poll ``cond`` until it returns something truthy (returned), or fail after ``timeout`` s."""
-    deadline = time.time() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)  # polling a condition in a test
+    """tests.waiting.wait_for, polling less often: each poll here is a Ray call."""
+    return waiting.wait_for(cond, timeout, what, every)

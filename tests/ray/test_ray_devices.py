@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,6 +40,7 @@ from cluster_mgr.model import (  # noqa: E402
 from cluster_mgr.place_devices import PimNode, device_parts  # noqa: E402
 from cluster_mgr.settings import DeviceOptions  # noqa: E402
 from dpu_agent.envoy_process import find_envoy  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 pytestmark = [
     pytest.mark.ray,
@@ -114,17 +115,6 @@ class DeviceHost:
             p.close()
         for s in self.svcs.values():
             s.stop()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)  # polling a condition
 
 
 @pytest.fixture(scope="module")
