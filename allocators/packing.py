@@ -60,6 +60,10 @@ def pack(
 ) -> PackResult:
     spec = {j.name: j for j in jobs}
     usable = [n for n in nodes if n.schedulable]
+    if not previous:
+        fast = _pack_cpu_fresh(allocation, spec, usable)
+        if fast is not None:
+            return fast
     index = {n.node_id: i for i, n in enumerate(usable)}
     vectors = [n.capacity for n in usable] + list(allocation.amounts.values())
     kinds = sorted(
@@ -165,11 +169,77 @@ def pack(
                 order.sync(node)
 
     amounts = {t[2]: t[3] for t in todo}
+    return PackResult(shares=_shares(placed, amounts, spec, usable), moves=moves)
+
+
+def _cpu_only(v: ResourceVector) -> bool:
+    return (
+        v.memory == 0.0 and v.gpu == 0.0 and v.pim_cores == 0.0 and v.mesh == 0.0 and not v.custom
+    )
+
+
+def _pack_cpu_fresh(
+    allocation: Allocation, spec: Mapping[str, JobSpec], usable: Sequence[NodeInfo]
+) -> PackResult | None:
+    """The common round, in plain Python floats: every amount CPU-only, no job pinned, nothing
+    placed before. The same best-fit decisions as the general path below (same order, same
+    ties, same float arithmetic), without its per-job array work (most of a 1,000-job pack).
+    None when the allocation is not of that kind."""
+    todo = []
+    for name, amount in allocation.amounts.items():
+        job = spec.get(name)
+        if job is None or job.pins or not _cpu_only(amount):
+            return None
+        cpu = amount.cpu
+        if cpu < -1e-9:
+            return None  # the general path names the error
+        if cpu > 1e-9:
+            todo.append((-cpu, name, amount))
+    todo.sort(key=lambda t: (t[0], t[1]))  # biggest first, then by name
+    free = [n.capacity.cpu for n in usable]
+    items = sorted(zip(free, range(len(free)), strict=True))
+    placed: dict[tuple[str, int], float] = {}
+    moves = 0
+    for neg, name, amount in todo:
+        cpu = -neg
+        left = 1.0
+        while left > 1e-9:
+            k = bisect_left(items, ((left - 1e-9) * cpu, -1))
+            while k < len(items) and max(items[k][0], 0.0) / cpu < left - 1e-9:
+                k += 1
+            if k < len(items):
+                node, take = items[k][1], left
+            else:
+                top = max(items[-1][0], 0.0) if items else 0.0
+                node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
+                take = _quantized(top / cpu, amount, left)
+                if take <= 0:
+                    return None  # the general path raises the detailed PackingError
+            if (name, node) not in placed:
+                moves += 1
+                placed[(name, node)] = take
+            else:
+                placed[(name, node)] += take
+            old = free[node]
+            new = old - cpu * take
+            free[node] = new
+            left = max(left - take, 0.0)
+            if old != new:
+                del items[bisect_left(items, (old, node))]
+                insort(items, (new, node))
+    return PackResult(shares=_shares(placed, allocation.amounts, spec, usable), moves=moves)
+
+
+def _shares(
+    placed: Mapping[tuple[str, int], float],
+    amounts: Mapping[str, ResourceVector],
+    spec: Mapping[str, JobSpec],
+    usable: Sequence[NodeInfo],
+) -> tuple[NodeShare, ...]:
     shares = []
     pieces: dict[tuple[str, float], ResourceVector] = {}  # a job's equal pieces share one vector
-    for (name, node), frac in sorted(
-        placed.items(), key=lambda kv: (usable[kv[0][1]].node_id, kv[0][0])
-    ):
+    ids = [n.node_id for n in usable]
+    for (name, node), frac in sorted(placed.items(), key=lambda kv: (ids[kv[0][1]], kv[0][0])):
         if frac >= 1.0 - 1e-12:
             res = amounts[name]
         else:
@@ -177,14 +247,9 @@ def pack(
             if res is None:
                 res = pieces[(name, frac)] = _scaled(amounts[name], frac)
         shares.append(
-            NodeShare(
-                usable[node].node_id,
-                name,
-                replica_count(res.cpu, spec[name].replica_cpus) or 1,
-                res,
-            )
+            NodeShare(ids[node], name, replica_count(res.cpu, spec[name].replica_cpus) or 1, res)
         )
-    return PackResult(shares=tuple(shares), moves=moves)
+    return tuple(shares)
 
 
 class _FreeOrder:

@@ -10,8 +10,10 @@ grid ``x = a + b * T`` (T a common unit grid), queried once per job through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -28,6 +30,8 @@ SIDE_INDEX: dict[str, int] = {"lower": 0, "mean": 1, "upper": 2}
 COARSE_T: np.ndarray = np.concatenate(([0.0], np.geomspace(1e-4, 1.0, 127)))
 #: Fine unit grid for the zoom pass around a coarse solution.
 FINE_T: np.ndarray = np.linspace(0.0, 1.0, 33)
+#: One zoom pass: 9 points across a job's bracket (two steps of the grid before).
+ZOOM_T: np.ndarray = np.linspace(0.0, 1.0, 9)
 
 JobUtility = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (reward, alloc) -> utility
 
@@ -73,11 +77,22 @@ def cpu_problem(snapshot: Snapshot, kind: str = "cpu") -> CpuProblem:
     node_cap = (
         {n.node_id: n.capacity.get(kind) for n in snapshot.nodes if n.schedulable} if pinned else {}
     )
-    hi = np.empty(len(jobs))
     rest = cap - lo.sum()
-    for i, j in enumerate(jobs):
-        reach = sum(node_cap.get(nid, 0.0) for nid in set(j.pins)) if j.pins else cap
-        hi[i] = max(lo[i], min(j.bound_max(kind), reach, rest + lo[i]))
+    # As arrays: one Python pass reads each job's maximum and reach (a loop of min/max per
+    # job was a millisecond of every 1,000-job decision).
+    reach = np.array(
+        [
+            sum(node_cap.get(nid, 0.0) for nid in set(j.pins))
+            if j.pins
+            else (math.inf if j.maximum is None else j.maximum.get(kind))
+            for j in jobs
+        ],
+        dtype=float,
+    )
+    if pinned:
+        bound = np.array([j.bound_max(kind) for j in jobs], dtype=float)
+        reach = np.minimum(reach, bound)
+    hi = np.maximum(lo, np.minimum(np.minimum(reach, cap), rest + lo))
     w = np.array([j.weight for j in jobs], dtype=float)
     loads = np.array([_load(snapshot, j.name) for j in jobs], dtype=float)
     return CpuProblem(jobs, names, w, lo, hi, float(cap), loads, kind)
@@ -112,24 +127,34 @@ class UtilityGrid:
     T: np.ndarray
     U: np.ndarray
 
-    @property
+    @cached_property
     def X(self) -> np.ndarray:
-        return self.a[:, None] + self.b[:, None] * self.T[None, :]
+        # Cached (read-only, as the grid is frozen): the max-min bisection reads X at every level.
+        X = self.a[:, None] + self.b[:, None] * self.T[None, :]
+        X.setflags(write=False)
+        return X
 
     def value(self, x: np.ndarray) -> np.ndarray:
         """Utilities at allocations ``x`` of shape (n,) or (batch, n), by linear interpolation."""
         x = np.asarray(x, dtype=float)
-        safe_b = np.where(self.b > 0, self.b, 1.0)
-        t = np.clip((x - self.a) / safe_b, 0.0, 1.0)
-        t = np.where(self.b > 0, t, 0.0)
-        g = np.clip(np.searchsorted(self.T, t, side="right"), 1, len(self.T) - 1)
-        t0, t1 = self.T[g - 1], self.T[g]
-        frac = (t - t0) / (t1 - t0)
+        inv_b, dT, dU, base_u, base_d = self._interp
+        # np.clip with scalar bounds costs more than the arithmetic here (the solvers call
+        # this hundreds of times per decision), so the clamps are minimum/maximum.
+        t = np.minimum(np.maximum((x - self.a) * inv_b, 0.0), 1.0)
+        m = len(self.T)
+        g = np.minimum(np.maximum(np.searchsorted(self.T, t, side="right"), 1), m - 1) - 1
+        frac = (t - self.T[g]) / dT[g]
+        return self.U.ravel()[base_u + g] + frac * dU.ravel()[base_d + g]
+
+    @cached_property
+    def _interp(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What ``value`` needs, computed once per grid: 1/b (0 for rows of one point, which
+        then read their first column), T's and U's steps, and each row's offset in U."""
+        inv_b = np.where(self.b > 0, 1.0 / np.where(self.b > 0, self.b, 1.0), 0.0)
+        dT = np.diff(self.T)
+        dU = np.diff(self.U, axis=1)
         rows = np.arange(self.U.shape[0])
-        if x.ndim == 2:
-            rows = np.broadcast_to(rows, x.shape)
-        u0, u1 = self.U[rows, g - 1], self.U[rows, g]
-        return u0 + frac * (u1 - u0)
+        return inv_b, dT, dU, rows * len(self.T), rows * (len(self.T) - 1)
 
 
 def query_bounds(
@@ -144,6 +169,13 @@ def query_bounds(
     store, ground-truth curves); any other model by one ``bounds`` call per job.
     """
     n, m = X.shape
+    first = type(models[0]) if n else None
+    batch = getattr(first, "bounds_batch", None)
+    if n > 1 and batch is not None and len(set(map(type, models))) == 1:
+        # One type for every job (the common case: one learner bank, or the truth): its
+        # arrays are the answer, without a scatter into a fresh (3, n, m) buffer.
+        res = batch(models if isinstance(models, list) else list(models), X, loads)
+        return _checked(res, (n, m))
     out = np.empty((3, n, m))
     by_type: dict[type, list[int]] = {}
     for i, model in enumerate(models):
@@ -165,6 +197,18 @@ def query_bounds(
                         f"model bounds returned shape {r.shape} for {(m,)} allocations"
                     )
                 out[s, i] = r
+    return out[0], out[1], out[2]
+
+
+def _checked(
+    res: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = tuple(np.asarray(r, dtype=float) for r in res)
+    for r in out:
+        if r.shape != shape:
+            raise PolicyError(
+                f"model bounds_batch returned shape {r.shape} for {shape} allocations"
+            )
     return out[0], out[1], out[2]
 
 
@@ -206,6 +250,13 @@ class GridBuilder:
         ]
         self.queries = 0
         self.last_mean: np.ndarray | None = None
+        self._all = [models[n] for n in problem.names] if self._with.all() else None
+        self._rows = np.arange(problem.n)
+
+    def _models_of(self, rows: np.ndarray) -> list[PerformanceModel]:
+        if self._all is not None and len(rows) == self.p.n and (rows == self._rows).all():
+            return self._all  # the whole bank, listed once per builder (1,000 dict lookups)
+        return [self.models[self.p.names[i]] for i in rows]
 
     def _utility(self, R: np.ndarray, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
         u = np.clip(R / self._thr[rows, None], 0.0, 1.0)
@@ -219,25 +270,26 @@ class GridBuilder:
     def table(self, X: np.ndarray, keep_mean: bool = False) -> np.ndarray:
         """Utilities (after the policy's transform) of job i at allocations X[i]; X of shape (n, m)."""
         self.queries += 1
-        return self._rows_table(np.arange(self.p.n), np.asarray(X, dtype=float), keep_mean)
+        return self._rows_table(self._rows, np.asarray(X, dtype=float), keep_mean)
 
     def _rows_table(self, rows: np.ndarray, X: np.ndarray, keep_mean: bool) -> np.ndarray:
         """``table`` for the jobs ``rows`` only (X has one row per entry of ``rows``)."""
         keep_mean = keep_mean or self.tiebreak > 0
-        R = np.zeros_like(X)
-        M = np.zeros_like(X) if keep_mean else None
         has = self._with[rows]
         sel = np.flatnonzero(has)
-        if sel.size:
-            every = sel.size == len(rows)
-            Xm = X if every else X[sel]
-            src = rows if every else rows[sel]
-            b = query_bounds([self.models[self.p.names[i]] for i in src], Xm, self.p.loads[src])
-            if every:
-                R[:] = b[self.side]
-                if M is not None:
-                    M[:] = b[1]
-            else:
+        every = sel.size == len(rows)
+        M: np.ndarray | None = None
+        if every and sel.size:
+            # Every job has a model: the query's arrays are used as they are (no copies).
+            b = query_bounds(self._models_of(rows), X, self.p.loads[rows])
+            R = b[self.side]
+            M = b[1] if keep_mean else None
+        else:
+            R = np.zeros_like(X)
+            M = np.zeros_like(X) if keep_mean else None
+            if sel.size:
+                src = rows[sel]
+                b = query_bounds(self._models_of(src), X[sel], self.p.loads[src])
                 R[sel] = b[self.side]
                 if M is not None:
                     M[sel] = b[1]

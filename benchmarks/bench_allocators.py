@@ -16,7 +16,8 @@ learner in mid-run offers). Welfare is always scored on the truth.
   scored on their own objective (utilitarian, Nash geometric mean, egalitarian
   minimum, the non-separable "balanced"); baselines on utilitarian welfare.
 - speedup_vs_evo / welfare_ratio_vs_evo: our utilitarian price solver against
-  Cilantro's evolutionary search at its full 4,000-evaluation budget, both on
+  Cilantro's evolutionary search at its full 4,000-evaluation budget (CPU ms of each,
+  decide + pack, run alternately 5 times, medians), both on
   the same bounds through the same bound-query code (the search queries the
   models at every generation's candidate allocations); per job count and for the
   non-separable objective (our local search against the same search).
@@ -25,6 +26,9 @@ learner in mid-run offers). Welfare is always scored on the truth.
 - oracle_vs_exact_dp: our solver on the truth against an independent dynamic
   programme (capacity in 2,000 units), for the separable objectives.
 - welfare_vs_time_evo: [ms, welfare] as the evolutionary search runs (n = 100).
+- other_family: the same comparison on another snapshot family (OTHER_MIX: other
+  coefficients and biases, no linear jobs, 300 jobs, capacity 0.35 x SLO demand), with
+  the oracle's welfare over the search's.
 
 Run: .venv/bin/python benchmarks/bench_allocators.py [--quick] [--pack-only]. Prints one JSON line.
 """
@@ -84,18 +88,35 @@ def make_policy(name: str) -> Policy:
     return get_policy(name)
 
 
-def scenario(n: int, seed: int, contention: float = 0.5) -> tuple[Snapshot, dict[str, RewardCurve]]:
-    """n jobs on n nodes; capacity = ``contention`` x the CPUs every SLO would need on the truth."""
+#: The other snapshot family (``other_family`` in the JSON): Cilantro's alternative
+#: coefficients (1 - 1/(1+x) at 919.67, logistic with bias 4.9 at 1761.53) beside tanh,
+#: no linear jobs, 300 jobs, tighter capacity (0.35 x the SLO demand).
+OTHER_MIX: tuple[tuple[str, float, float | None], ...] = (
+    ("inverse", 919.67, None),
+    ("logistic", 1761.53, 4.9),
+    ("tanh", 750.42, None),
+)
+
+
+def scenario(
+    n: int,
+    seed: int,
+    contention: float = 0.5,
+    mix: tuple[tuple[str, float, float | None], ...] | None = None,
+) -> tuple[Snapshot, dict[str, RewardCurve]]:
+    """n jobs on n nodes; capacity = ``contention`` x the CPUs every SLO would need on the truth.
+    ``mix``: (family, coefficient, bias) cycled over the jobs (default: the four families at
+    their default coefficients)."""
     rng = np.random.default_rng(seed)
-    fams = list(CILANTRO_FAMILIES)
+    fams = mix or tuple((f, c, None) for f, c in CILANTRO_FAMILIES.items())
     jobs, truth, models, loads = [], {}, {}, {}
     demand = 0.0
     for i in range(n):
-        fam = fams[i % len(fams)]
+        fam, coeff, bias = fams[i % len(fams)]
         name = f"job-{i:04d}"
         load = float(rng.uniform(0.5, 2.0))
         cpu_per_load = float(rng.uniform(0.5, 3.0))  # CPUs per unit load to reach x = 1
-        curve = RewardCurve(fam, scale=CILANTRO_FAMILIES[fam] * cpu_per_load)
+        curve = RewardCurve(fam, coeff=coeff, bias=bias, scale=coeff * cpu_per_load)
         thr = float(rng.choice([0.8, 0.9]))
         job = JobSpec(
             name,
@@ -257,6 +278,25 @@ def timed(name: str, snap: Snapshot, repeats: int) -> float:
     return best
 
 
+def side_by_side(
+    name: str, snap: Snapshot, objective: str, repeats: int = 5
+) -> tuple[Allocation, Allocation, float, float]:
+    """(ours, evolutionary, ours ms, evolutionary ms): CPU ms of each, run alternately
+    ``repeats`` times, medians (the machine is shared: both see the same neighbours)."""
+    ours_ms, evo_ms = [], []
+    ours = evo = None
+    for _ in range(repeats):
+        policy = make_policy(name)
+        t0 = time.process_time()
+        ours, _ = policy.decide(snap, policy.initial_state())
+        pack(ours, snap.jobs, snap.nodes)
+        ours_ms.append((time.process_time() - t0) * 1000)
+        evo, ms = evo_on(snap, objective)
+        evo_ms.append(ms)
+    assert ours is not None and evo is not None
+    return ours, evo, float(np.median(ours_ms)), float(np.median(evo_ms))
+
+
 def pack_scale(n_jobs: int, n_nodes: int, repeats: int = 3) -> dict[str, float]:
     """CPU ms (best of ``repeats``) of placing ``n_jobs`` on ``n_nodes`` nodes of 16 CPUs at 90 %
     load: ``pack`` from nothing, ``check_plan`` of that plan, and the round-to-round case the
@@ -375,9 +415,9 @@ def main() -> None:
     trace: list = []
     for n in sizes:
         snap, truth = scenario(n, seed=11)
-        ours_ms = timed("utilitarian", snap, 3 if n < 1000 else 2)
-        ours = make_policy("utilitarian").decide(snap, {})[0]
-        evo, evo_ms = evo_on(snap, "utilitarian", trace=trace if n == 100 else None)
+        ours, evo, ours_ms, evo_ms = side_by_side("utilitarian", snap, "utilitarian")
+        if n == 100:
+            evo_on(snap, "utilitarian", trace=trace)
         speed[str(n)] = round(evo_ms / ours_ms, 2)
         ratio[str(n)] = round(
             welfare("utilitarian", snap, truth, ours) / welfare("utilitarian", snap, truth, evo), 4
@@ -385,13 +425,29 @@ def main() -> None:
         # On the objective both optimise (upper bounds, read exactly): the solvers' own comparison.
         ratio_bound[str(n)] = round(bound_welfare(snap, ours) / bound_welfare(snap, evo), 4)
     snap, truth = scenario(100, seed=11)
-    ours_ms = timed("balanced", snap, 2)
-    ours = make_policy("balanced").decide(snap, {})[0]
-    evo, evo_ms = evo_on(snap, "balanced")
+    ours, evo, ours_ms, evo_ms = side_by_side("balanced", snap, "balanced")
     speed["balanced_100"] = round(evo_ms / ours_ms, 2)
     ratio["balanced_100"] = round(
         welfare("balanced", snap, truth, ours) / welfare("balanced", snap, truth, evo), 4
     )
+    # Another snapshot family (other curve mix, job count and contention), same comparison.
+    snap, truth = scenario(300, seed=13, contention=0.35, mix=OTHER_MIX)
+    ours, evo, ours_ms, evo_ms = side_by_side("utilitarian", snap, "utilitarian")
+    oracle = oracle_alloc("utilitarian", snap, truth)
+    out["other_family"] = {
+        "jobs": 300,
+        "speedup_vs_evo": round(evo_ms / ours_ms, 2),
+        "welfare_ratio_vs_evo": round(
+            welfare("utilitarian", snap, truth, ours) / welfare("utilitarian", snap, truth, evo), 4
+        ),
+        "welfare_ratio_vs_evo_on_bound": round(
+            bound_welfare(snap, ours) / bound_welfare(snap, evo), 4
+        ),
+        "oracle_vs_evo_on_truth": round(
+            welfare("utilitarian", snap, truth, oracle) / welfare("utilitarian", snap, truth, evo),
+            4,
+        ),
+    }
     out["speedup_vs_evo"] = speed
     out["welfare_ratio_vs_evo"] = ratio
     out["welfare_ratio_vs_evo_on_bound"] = ratio_bound

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from allocators.packing import PackingError, pack
-from cluster_mgr.model import Allocation, JobSpec, NodeInfo, PlacementPlan, ResourceVector
+from cluster_mgr.model import (
+    Allocation,
+    JobSpec,
+    NodeInfo,
+    NodeShare,
+    PlacementPlan,
+    ResourceVector,
+)
 from cluster_mgr.place import PlanError, _check_plan_exact, check_plan
 
 
@@ -83,3 +90,31 @@ def test_vectorized_check_plan_agrees_with_the_exact_check(seed: int) -> None:
             except PlanError as exc:
                 outcomes.append(str(exc))
         assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fresh_cpu_only_fast_path_decides_like_the_general_path(seed: int) -> None:
+    # The fast path (no previous shares, CPU-only, unpinned) must place every piece where the
+    # general best-fit path does; a previous share of a job absent from the allocation sends
+    # the same allocation down the general path without changing what it decides.
+    rng = np.random.default_rng(seed)
+    nodes = [
+        NodeInfo(f"n{k:03d}", ResourceVector(cpu=float(rng.choice([1, 2, 4, 5.3, 8])), memory=8))
+        for k in range(int(rng.integers(1, 30)))
+    ]
+    jobs = [
+        JobSpec(f"j{i:03d}", replica_cpus=float(rng.choice([0.5, 1, 2])))
+        for i in range(int(rng.integers(1, 40)))
+    ]
+    cap = sum(n.capacity.cpu for n in nodes)
+    x = np.floor(rng.dirichlet(np.ones(len(jobs))) * cap * rng.uniform(0.5, 1.0) * 10) / 10
+    alloc = _alloc(jobs, x)
+    ghost = JobSpec("ghost")
+    fast = pack(alloc, jobs, nodes)
+    general = pack(
+        alloc,
+        [*jobs, ghost],
+        nodes,
+        (NodeShare(nodes[0].node_id, "ghost", 1, ResourceVector(cpu=0.1)),),
+    )
+    assert fast.shares == general.shares and fast.moves == general.moves
