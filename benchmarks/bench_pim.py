@@ -8,7 +8,16 @@ over a 10%-step grid, for which the policy keeps every app within its SLO.
 A grid point is run closed-loop against the emulated device through the PIM
 client (in-memory transport, the same servicer as the gRPC server): the policy
 decides every 100 ms for RUN_S seconds; the point counts as met when every app's
-request-level P99 over the last EVAL_S seconds is within its target. Points the
+request-level P99 over the last EVAL_S seconds is within its target, judged with
+the sampling error of a P99 from that many requests (``within_slo``): a P99 from
+n requests is an order statistic, and at 121 req/s (Moses at 10% load) the last
+5 s hold about 600 requests, whose P99 scatters by about 10% of the target: the
+ground-truth oracle's own plan, true P99 0.93 of target, read as a miss on one
+seed in five. So a point is missed when more requests exceed the target than a
+P99 within target would leave with 95% probability (binomial, one-sided). The
+margin shrinks as requests grow (60,000 requests: 0.07 percentile points); the
+same judge serves every policy, and the point-estimate judge (pooled P99 within
+target, no margin) is reported beside it as ``slo_met_fraction_point``. Points the
 ground-truth oracle (best static assignment, exact search) cannot meet are not
 run: no policy can meet them. The frontier is walked as a staircase, assuming a
 policy that meets a load vector also meets every smaller one; the reported EMU
@@ -16,8 +25,8 @@ is always a point that was actually run and met.
 
 slo_met_fraction: over the balanced points (every app at the same level) the
 oracle can meet, the fraction a policy meets. time_to_feasible_s (ours): from
-the start to the first 1 s window after which every 1 s window meets every SLO,
-median over those points ours meets.
+the start to the first 1 s window after which every 1 s window meets every SLO
+(same judge), median over those points ours meets.
 
 Prints a rich table, then exactly one JSON line.
 """
@@ -33,6 +42,7 @@ import sys
 import time
 
 import numpy as np
+from scipy import stats
 
 from allocators.pim import POLICIES
 from allocators.pim.search import min_max
@@ -49,6 +59,24 @@ MIXES_2 = (("masstree", "imgdnn"), ("silo", "xapian"), ("moses", "imgdnn"))
 MIXES_3 = (("masstree", "imgdnn", "xapian"),)
 OURS = "learned"
 PIMCLOUD_RULE = "pimcloud"
+CONFIDENCE = 0.95  # a miss must show beyond the sampling error of the P99 at this level
+
+
+def within_slo(hist: np.ndarray, slo_ms: float, margin: bool = True) -> bool:
+    """Whether a pooled latency histogram meets a P99 target.
+
+    With ``margin``: met unless more requests exceed the target than the most a
+    true P99 within target leaves with CONFIDENCE probability (the binomial
+    quantile of n requests at 1%), i.e. unless the percentile at that rank is above
+    the target. Without: the pooled P99 itself. No request served: not met.
+    """
+    n = int(np.sum(hist))
+    if n == 0:
+        return False
+    q = 99.0
+    if margin:
+        q = 100.0 * (1.0 - float(stats.binom.ppf(CONFIDENCE, n, 0.01)) / n)
+    return histogram_percentile(hist, q) <= slo_ms
 
 
 # ---------------------------------------------------------------- ground truth
@@ -125,8 +153,9 @@ def oracle_feasible(p: DevicePreset, mix: tuple[str, ...], loads: tuple[float, .
 
 def run_point(
     p: DevicePreset, policy: str, mix: tuple[str, ...], loads: tuple[float, ...], seed: int
-) -> tuple[bool, float]:
-    """(every SLO met over the evaluation window, time to feasible in s or inf)."""
+) -> tuple[bool, float, bool]:
+    """(every SLO met over the evaluation window, time to feasible in s or inf, every
+    SLO met by the point estimate alone)."""
     dev = PimDevice(p, seed=seed)
     for name, load in zip(mix, loads, strict=True):
         dev.register(TAILBENCH[name], load)
@@ -141,16 +170,15 @@ def run_point(
         for n in mix:
             hists[n].append(np.asarray(w.app(n).latency_hist))
     eval_ticks = int(round(EVAL_S / p.interval_s))
-    met = all(
-        histogram_percentile(np.sum(hists[n][-eval_ticks:], axis=0), 99.0)
-        <= TAILBENCH[n].slo_p99_ms
-        for n in mix
-    )
+    last = {n: np.sum(hists[n][-eval_ticks:], axis=0) for n in mix}
+    met = all(within_slo(last[n], TAILBENCH[n].slo_p99_ms) for n in mix)
+    met_point = all(within_slo(last[n], TAILBENCH[n].slo_p99_ms, margin=False) for n in mix)
     seconds = ticks // per_s
     ok = [
         all(
-            histogram_percentile(np.sum(hists[n][s * per_s : (s + 1) * per_s], axis=0), 99.0)
-            <= TAILBENCH[n].slo_p99_ms
+            within_slo(
+                np.sum(hists[n][s * per_s : (s + 1) * per_s], axis=0), TAILBENCH[n].slo_p99_ms
+            )
             for n in mix
         )
         for s in range(seconds)
@@ -160,25 +188,25 @@ def run_point(
         if not ok[s]:
             break
         ttf = float(s)
-    return met, ttf
+    return met, ttf, met_point
 
 
 class Evaluator:
     def __init__(self, p: DevicePreset, mix: tuple[str, ...], seed: int):
         self.p, self.mix, self.seed = p, mix, seed
         self.alone = [alone_max(p, n) for n in mix]
-        self.cache: dict[tuple[str, tuple[int, ...]], tuple[bool, float]] = {}
+        self.cache: dict[tuple[str, tuple[int, ...]], tuple[bool, float, bool]] = {}
         self.runs = 0
 
     def loads(self, levels: tuple[int, ...]) -> tuple[float, ...]:
         return tuple(lv / 10 * m for lv, m in zip(levels, self.alone, strict=True))
 
-    def met(self, policy: str, levels: tuple[int, ...]) -> tuple[bool, float]:
+    def met(self, policy: str, levels: tuple[int, ...]) -> tuple[bool, float, bool]:
         key = (policy, levels)
         if key not in self.cache:
             loads = self.loads(levels)
             if not oracle_feasible(self.p, self.mix, loads):
-                self.cache[key] = (False, math.inf)
+                self.cache[key] = (False, math.inf, False)
             else:
                 self.runs += 1
                 self.cache[key] = run_point(self.p, policy, self.mix, loads, self.seed)
@@ -228,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     emu: dict[str, dict[str, float]] = {pol: {} for pol in policies}
     met_frac: dict[str, list[bool]] = {pol: [] for pol in policies}
+    met_point: dict[str, list[bool]] = {pol: [] for pol in policies}
     ttf: dict[str, list[float]] = {pol: [] for pol in policies}
     oracle: dict[str, float] = {}
     for mix in mixes:
@@ -245,13 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         for pol in policies:
             for lv in balanced:
-                ok, t = ev.met(pol, lv)
+                ok, t, ok_point = ev.met(pol, lv)
                 met_frac[pol].append(ok)
+                met_point[pol].append(ok_point)
                 if ok and math.isfinite(t):
                     ttf[pol].append(t)
         print(f"# {label}: {ev.runs} closed-loop runs, {time.time() - t0:.0f}s", file=sys.stderr)
     mean_emu = {pol: statistics.fmean(v.values()) for pol, v in emu.items()}
     slo = {pol: (sum(v) / len(v) if v else 0.0) for pol, v in met_frac.items()}
+    slo_point = {pol: (sum(v) / len(v) if v else 0.0) for pol, v in met_point.items()}
     others = [pol for pol in policies if pol not in (OURS, PIMCLOUD_RULE)]
     best_other = max(mean_emu[o] for o in others + [PIMCLOUD_RULE])
     best_baseline = max(mean_emu[o] for o in others)
@@ -260,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "emu": {pol: round(v, 1) for pol, v in mean_emu.items()},
         "slo_met_fraction": {pol: round(v, 3) for pol, v in slo.items()},
+        "slo_met_fraction_point": {pol: round(v, 3) for pol, v in slo_point.items()},
+        "slo_points": len(met_frac[OURS]),
         "emu_ratio_vs_pimcloud": (
             round(mean_emu[OURS] / mean_emu[PIMCLOUD_RULE], 3) if mean_emu[PIMCLOUD_RULE] else None
         ),

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from cluster_mgr import queueing
 from cluster_mgr.curves import CILANTRO_FAMILIES, DEFAULT_BIAS, mu
 from cluster_mgr.model import ModelError
 
@@ -48,24 +49,14 @@ _FAMILIES = tuple(sorted(CILANTRO_FAMILIES))
 
 
 def erlang_b(c: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Erlang-B blocking probability, continuous in real ``c`` (servers) for offered load ``a``.
-
-    B(c, a) = a^c e^-a / Gamma(c + 1, a) with the upper incomplete gamma, in logs
-    so that hundreds of cores neither overflow nor underflow.
-    """
-    c = np.maximum(np.asarray(c, dtype=float), MIN_CORES)
-    a = np.maximum(np.asarray(a, dtype=float), 1e-300)
-    q = np.maximum(special.gammaincc(c + 1.0, a), 1e-300)
-    log_b = c * np.log(a) - a - special.gammaln(c + 1.0) - np.log(q)
-    return np.clip(np.exp(np.minimum(log_b, 0.0)), 0.0, 1.0)
+    """Erlang-B blocking probability, continuous in real ``c`` (servers) for offered load ``a``
+    (``cluster_mgr.queueing``; a job with no cores still counts ``MIN_CORES``)."""
+    return queueing.erlang_b(np.maximum(np.asarray(c, dtype=float), MIN_CORES), a)
 
 
 def erlang_c(c: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Probability that an arrival waits in an M/M/c queue (requires a < c)."""
-    c = np.maximum(np.asarray(c, dtype=float), MIN_CORES)
-    b = erlang_b(c, a)
-    rho = np.asarray(a, dtype=float) / c
-    return np.clip(b / np.maximum(1.0 - rho * (1.0 - b), 1e-300), 0.0, 1.0)
+    """Probability that an arrival waits in an M/M/c queue (1 when ``a >= c``)."""
+    return queueing.erlang_c(np.maximum(np.asarray(c, dtype=float), MIN_CORES), a)
 
 
 @dataclass(frozen=True)

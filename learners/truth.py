@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from cluster_mgr.curves import DEFAULT_BIAS, mu
+from cluster_mgr.queueing import erlang_c
 
 CurveFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -30,19 +31,9 @@ CurveFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 # --------------------------------------------------------------------------- queueing math
 
 
-def _erlang_c(c: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Erlang-C waiting probability for integer c >= 1 servers and offered load a < c."""
-    c = c.astype(np.int64)
-    b = np.ones_like(a, dtype=float)
-    for k in range(1, int(c.max()) + 1):  # Erlang-B recursion, vectorized over entries
-        live = k <= c
-        b = np.where(live, a * b / (k + a * b), b)
-    return c * b / (c - a * (1.0 - b))
-
-
 def _tail_parts(c: np.ndarray, lam: np.ndarray, mu_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Erlang-C waiting probability and the waiting-time rate c*mu - lambda (integer c)."""
-    pc = _erlang_c(c, lam / mu_)
+    pc = erlang_c(c, lam / mu_)
     theta = c * mu_ - lam
     # theta == mu makes the hypoexponential formula 0/0; nudge it (the limit is continuous)
     return pc, np.where(np.abs(theta - mu_) < 1e-9 * mu_, mu_ * (1 + 1e-6), theta)

@@ -388,7 +388,9 @@ class PimDevice:
         completed = int(self.rng.poisson(served_rps * dt)) if served_rps > 0 else 0
         hist = self._sample_hist(pool, completed, prof.kind == "be")
         groups = (
-            self.rng.multinomial(completed, _probs(pool.share_all)) if completed else np.zeros(len(n), int)
+            self.rng.multinomial(completed, _probs(pool.share_all))
+            if completed
+            else np.zeros(len(n), int)
         )
         busy = np.array(
             [

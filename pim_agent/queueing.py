@@ -4,9 +4,12 @@ The app's requests share one queue in front of groups of cores (big cores,
 PIM cores on stack 0, on stack 1, ...); group g has ``n_g`` cores (fractional
 while a change settles) of exponential service with mean ``s_g`` ms.
 Approximation, stated: the wait is that of an M/M/c queue with c = sum n_g and
-the pooled rate (Erlang C), and a request is served by group g with
-probability proportional to the group's capacity (random dispatch among free
-cores). A backlog left from an overload adds ``delay_ms`` to every request.
+the pooled rate (Erlang C, ``cluster_mgr.queueing``; a fractional c reads as the
+line between its integer neighbours). A waiting request goes to the next core to
+free up (group share in proportion to capacity); one that finds idle cores goes
+to the fastest idle one (ordered-hunting overflow, Erlang B). Saturated
+best-effort work keeps capacity-proportional shares. A backlog left from an
+overload adds ``delay_ms`` to every request.
 The slow group dominates the tail, which is why mixing core types costs tail
 latency (PIMCloud only lets one app mix).
 """
@@ -17,41 +20,11 @@ import math
 
 import numpy as np
 
+from cluster_mgr.queueing import erlang_b_linear, erlang_c_linear
+
 UNSTABLE_RHO = (
     0.999  # an overloaded queue is shaped as if at this utilisation; backlog does the rest
 )
-
-
-def erlang_c(c: int, a: float) -> float:
-    """Probability that an arrival waits in M/M/c with offered load ``a`` (Erlangs)."""
-    if c <= 0 or a >= c:
-        return 1.0
-    if a <= 0:
-        return 0.0
-    b = 1.0
-    for k in range(1, c + 1):  # Erlang B recursion, numerically stable
-        b = a * b / (k + a * b)
-    rho = a / c
-    return b / (1.0 - rho * (1.0 - b))
-
-
-def erlang_b(c: int, a: float) -> float:
-    """Erlang B: probability that all ``c`` servers of a loss system are busy."""
-    if c <= 0:
-        return 1.0
-    if a <= 0:
-        return 0.0
-    b = 1.0
-    for k in range(1, c + 1):
-        b = a * b / (k + a * b)
-    return b
-
-
-def erlang_b_frac(c: float, a: float) -> float:
-    lo = math.floor(c)
-    frac = c - lo
-    b_lo = erlang_b(lo, a)
-    return b_lo if frac < 1e-9 else (1.0 - frac) * b_lo + frac * erlang_b(lo + 1, a)
 
 
 def fastest_first_shares(n: np.ndarray, s: np.ndarray, lam: float) -> np.ndarray:
@@ -64,24 +37,14 @@ def fastest_first_shares(n: np.ndarray, s: np.ndarray, lam: float) -> np.ndarray
     if len(live) == 0:
         return out
     order = live[np.argsort(s[live], kind="stable")]
-    over = [1.0]  # probability the arrival passes the first k groups (all busy)
-    cum_n, cum_mu = 0.0, 0.0
-    for g in order[:-1]:
-        cum_n += n[g]
-        cum_mu += n[g] / s[g]
-        over.append(min(over[-1], erlang_b_frac(cum_n, lam * cum_n / cum_mu)))
-    over.append(0.0)
-    for k, g in enumerate(order):
-        out[g] = over[k] - over[k + 1]
+    # An arrival passes the k fastest groups when all their cores are busy (Erlang B on
+    # their pooled cores); never more often than it passes fewer of them.
+    cum_n = np.cumsum(n[order[:-1]])
+    cum_mu = np.cumsum(n[order[:-1]] / s[order[:-1]])
+    busy = erlang_b_linear(cum_n, lam * cum_n / np.where(cum_mu > 0, cum_mu, 1.0))
+    over = np.concatenate([np.minimum.accumulate(np.concatenate([[1.0], busy])), [0.0]])
+    out[order] = over[:-1] - over[1:]
     return out
-
-
-def erlang_c_frac(c: float, a: float) -> float:
-    """Erlang C for a fractional server count (linear between the neighbours)."""
-    lo = math.floor(c)
-    frac = c - lo
-    c_lo = erlang_c(lo, a)
-    return c_lo if frac < 1e-9 else (1.0 - frac) * c_lo + frac * erlang_c(lo + 1, a)
 
 
 class Pool:
@@ -111,7 +74,7 @@ class Pool:
         c = float(self.n.sum())
         self.rho = self.lam / self.mu if self.mu > 0 else math.inf
         lam_eff = min(self.lam, UNSTABLE_RHO * self.mu)
-        self.wait_prob = erlang_c_frac(c, lam_eff * c / self.mu) if self.mu > 0 else 1.0
+        self.wait_prob = float(erlang_c_linear(c, lam_eff * c / self.mu)) if self.mu > 0 else 1.0
         self.alpha = self.mu - lam_eff  # rate of the waiting-time exponential
         # q: share of non-waiting requests per group; share: of all requests.
         if proportional or not self.served:

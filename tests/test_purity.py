@@ -44,9 +44,10 @@ def test_pure_packages_import_neither_ray_nor_grpc(package: str) -> None:
     assert out.stdout.strip() == ""
 
 
-#: What the pure packages may import of cluster_mgr: the shared data model, and the
-#: ground-truth curve families that conformance kits and oracles measure against.
-ALLOWED_FROM_CLUSTER_MGR = {"cluster_mgr.model", "cluster_mgr.curves"}
+#: What the pure packages may import of cluster_mgr: the shared data model, the
+#: ground-truth curve families that conformance kits and oracles measure against, and
+#: the one Erlang B/C implementation (pure numpy/scipy).
+ALLOWED_FROM_CLUSTER_MGR = {"cluster_mgr.model", "cluster_mgr.curves", "cluster_mgr.queueing"}
 
 
 @pytest.mark.parametrize("package", ["learners", "allocators"])

@@ -5,7 +5,15 @@ by QoS."""
 from __future__ import annotations
 
 from allocators.pim.base import PimPolicy, PimState
-from allocators.pim.common import current_pages, even, finish, follow_cores, split
+from allocators.pim.common import (
+    current_pages,
+    even,
+    finish,
+    follow_cores,
+    pool_tails,
+    split,
+    tail_ratio,
+)
 from allocators.pim.snapshot import AppPlan, PimPlan, PimSnapshot
 
 
@@ -66,8 +74,10 @@ class OctopusMan(PimPolicy):
     """Octopus-Man (HPCA '15) on PIM: each latency-critical service climbs a ladder
     of core configurations, 1..P small (PIM) cores on its home stack, then 1..C big
     cores, one rung up when its P99 nears the target, one down when slack is large,
-    waiting for a change to settle. Best-effort apps get what is left. Page placement
-    is the OS's (interleaved): Octopus-Man does not manage memory."""
+    waiting for a change to settle. The P99 is judged as the PIMCloud rule judges it:
+    on the requests pooled since the change settled (common.pool_tails), not on one
+    100 ms window. Best-effort apps get what is left. Page placement is the OS's
+    (interleaved): Octopus-Man does not manage memory."""
 
     name = "octopus-man"
     description = "per-service QoS feedback moving between PIM and big cores"
@@ -97,26 +107,32 @@ class OctopusMan(PimPolicy):
             state = {"rung": {a.name: start for a in lc}, "hold": 0}
         rung = dict(state["rung"])
         hold = int(state["hold"])
+        pool, pooled = state.get("pool", {}), int(state.get("pooled", 0))
         changed = snap.current is None
         if hold > 0:
             hold -= 1
+            pool, pooled = {}, 0  # judge only what follows the change
         else:
-            for a in sorted(lc, key=lambda a: -self._ratio(snap, a.name, a.slo_p99_ms)):
-                r = self._ratio(snap, a.name, a.slo_p99_ms)
-                home = lc.index(a) % cap.n_stacks
-                lad = self.ladder(snap, home)
-                if r > self.up_ratio and rung[a.name] + 1 < len(lad):
-                    trial = dict(rung, **{a.name: rung[a.name] + 1})
-                    if self._fits(snap, trial):
-                        rung, changed = trial, True
+            pool, pooled, ready = pool_tails(snap, pool, pooled)
+            if ready:
+                ratio = {a.name: self._ratio(snap, a.name, pool.get(a.name)) for a in lc}
+                pool, pooled = {}, 0
+                for a in sorted(lc, key=lambda a: -ratio[a.name]):
+                    r = ratio[a.name]
+                    home = lc.index(a) % cap.n_stacks
+                    lad = self.ladder(snap, home)
+                    if r > self.up_ratio and rung[a.name] + 1 < len(lad):
+                        trial = dict(rung, **{a.name: rung[a.name] + 1})
+                        if self._fits(snap, trial):
+                            rung, changed = trial, True
+                            break
+                    elif r < self.down_ratio and rung[a.name] > 0:
+                        rung[a.name] -= 1
+                        changed = True
                         break
-                elif r < self.down_ratio and rung[a.name] > 0:
-                    rung[a.name] -= 1
-                    changed = True
-                    break
             if changed:
                 hold = self.hold_intervals
-        state = {"rung": rung, "hold": hold}
+        state = {"rung": rung, "hold": hold, "pool": pool, "pooled": pooled}
         if not changed:
             return None, state
         plans = {}
@@ -126,11 +142,12 @@ class OctopusMan(PimPolicy):
         return finish(snap, plans), state
 
     @staticmethod
-    def _ratio(snap: PimSnapshot, name: str, slo: float | None) -> float:
-        m = snap.measures.get(name)
-        if m is None or slo is None or m.p99_ms != m.p99_ms:  # no measurement yet (NaN)
-            return 0.7  # inside the band: no move
-        return m.p99_ms / slo
+    def _ratio(snap: PimSnapshot, name: str, hist: list[int] | None) -> float:
+        if not hist or sum(hist) == 0:
+            m = snap.measures.get(name)
+            if m is None or m.p99_ms != m.p99_ms:  # no measurement yet (NaN)
+                return 0.7  # inside the band: no move
+        return tail_ratio(snap, name, hist)
 
     def _fits(self, snap: PimSnapshot, rung: dict[str, int]) -> bool:
         cap = snap.capacity

@@ -7,8 +7,11 @@ confidence bounds, learned from the agent's counters (pure).
   s(x) = a + b * x with x = 1 - locality, b >= 0; Bayesian linear regression
   over per-stack windows (weight = completions / s^2), so every window during
   a page migration (locality moving) teaches how much locality matters.
-- Residual: log(measured P99 / model P99) on settled windows (EWMA), so
-  whatever the queueing model misses (contention, warm-up) is learned too.
+- Residual: log(measured P99 / model P99) on settled, pooled windows (EWMA), so
+  whatever the queueing model misses (contention, warm-up) is learned too. A P99
+  from n requests scatters by itself (log sd about sqrt(4.7 / n) for an
+  exponential tail: 0.18 at 150 requests); that part of the spread is sampling,
+  not model error, and is taken out before the bound is set.
 State is a plain dict (JSON-able) so the controller can log and replay it.
 """
 
@@ -21,6 +24,8 @@ import numpy as np
 
 B_PRIOR_SCALE = 3.0  # prior std of b, in units of the first PIM service time seen
 RESIDUAL_ALPHA = 0.2
+# Variance of log(P99 estimate) x requests, exponential tail: q / ((1 - q) ln(1/(1-q))^2).
+P99_LOG_VAR = 0.99 / (0.01 * math.log(100.0) ** 2)
 
 
 def new_state() -> dict[str, Any]:
@@ -31,6 +36,7 @@ def new_state() -> dict[str, Any]:
         "y0": None,
         "res": 0.0,
         "res_var": 0.0,
+        "res_noise": 0.0,
         "res_n": 0,
     }
 
@@ -80,13 +86,19 @@ def pim_service(st: dict[str, Any], x: np.ndarray, kappa: float) -> np.ndarray:
     return a + b * x + kappa * np.sqrt(np.maximum(var, 0.0))
 
 
-def observe_residual(st: dict[str, Any], measured_ms: float, predicted_ms: float) -> None:
+def observe_residual(
+    st: dict[str, Any], measured_ms: float, predicted_ms: float, n_requests: int = 0
+) -> None:
+    """One residual from a P99 measured on ``n_requests`` requests (0: unknown, no
+    sampling variance assumed)."""
     if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms)) or predicted_ms <= 0:
         return
     r = math.log(max(measured_ms, 1e-6) / predicted_ms)
     d = r - st["res"]
     st["res"] += RESIDUAL_ALPHA * d
     st["res_var"] = (1 - RESIDUAL_ALPHA) * (st["res_var"] + RESIDUAL_ALPHA * d * d)
+    noise = P99_LOG_VAR / n_requests if n_requests > 0 else 0.0
+    st["res_noise"] = st.get("res_noise", 0.0) + RESIDUAL_ALPHA * (noise - st.get("res_noise", 0.0))
     st["res_n"] += 1
 
 
@@ -95,4 +107,9 @@ def residual_factor(st: dict[str, Any], kappa: float) -> float:
     (the model is only trusted to be optimistic, not pessimistic)."""
     if st["res_n"] < 3:
         return 1.0
-    return max(1.0, math.exp(st["res"] + kappa * math.sqrt(st["res_var"])))
+    noise = st.get("res_noise", 0.0)
+    # Spread beyond what sampling explains is model error; sampling still leaves the
+    # EWMA mean uncertain by its own variance times alpha / (2 - alpha).
+    model_var = max(st["res_var"] - noise, 0.0)
+    mean_var = noise * RESIDUAL_ALPHA / (2.0 - RESIDUAL_ALPHA)
+    return max(1.0, math.exp(st["res"] + kappa * math.sqrt(model_var + mean_var)))

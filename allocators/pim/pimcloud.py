@@ -28,9 +28,8 @@ from __future__ import annotations
 import itertools
 
 from allocators.pim.base import PimPolicy, PimState
-from allocators.pim.common import current_pages, finish, follow_cores
+from allocators.pim.common import current_pages, finish, follow_cores, pool_tails, tail_ratio
 from allocators.pim.snapshot import PimPlan, PimSnapshot
-from cluster_mgr.model import histogram_percentile
 
 UP_RATIO = 0.9  # grow when P99 / target is above this
 DONOR_RATIO = 0.7  # a neighbour gives a core only below this
@@ -38,8 +37,6 @@ RELEASE_RATIO = 0.5  # with best-effort apps, give a core back below this
 WORSE = 1.15  # receiver clearly worse after its move: revert
 LOCK_INTERVALS = 20
 MIN_HOLD = 2
-MIN_SAMPLES = 200  # requests pooled before a tail is judged (a P99 needs ~100s of samples)
-MAX_POOL = 10  # ...or at most this many intervals (1 s)
 
 
 class PimCloudRule(PimPolicy):
@@ -104,18 +101,14 @@ class PimCloudRule(PimPolicy):
             return None, state
         # The tail is judged on the requests since the last change settled, pooled over
         # intervals until there are enough of them for a P99.
-        pool = {k: list(v) for k, v in state.get("pool", {}).items()}
-        for a in snap.lc:
-            m = snap.measures.get(a.name)
-            if m is not None and m.latency_hist:
-                h = pool.get(a.name) or [0] * len(m.latency_hist)
-                pool[a.name] = [x + y for x, y in zip(h, m.latency_hist, strict=True)]
-        state["pool"], state["pooled"] = pool, int(state.get("pooled", 0)) + 1
-        few = any(sum(pool.get(a.name, ())) < MIN_SAMPLES for a in snap.lc)
-        if few and state["pooled"] < MAX_POOL:
+        pool, state["pooled"], ready = pool_tails(
+            snap, state.get("pool", {}), int(state.get("pooled", 0))
+        )
+        state["pool"] = pool
+        if not ready:
             return None, state
         state["pool"], state["pooled"] = {}, 0
-        ratio = {a.name: self._ratio(snap, a.name, pool.get(a.name)) for a in snap.lc}
+        ratio = {a.name: tail_ratio(snap, a.name, pool.get(a.name)) for a in snap.lc}
         last = state["last"]
         if last is not None:
             donor_broke = bool(last["donor"]) and ratio.get(last["donor"], 0.0) > 1.0
@@ -193,15 +186,3 @@ class PimCloudRule(PimPolicy):
             cpu, pim = self._counts(snap, lo, hi)
             plans[n] = follow_cores(cpu, pim, current_pages(snap, n))
         return finish(snap, plans)
-
-    @staticmethod
-    def _ratio(snap: PimSnapshot, name: str, hist: list[int] | None) -> float:
-        slo = snap.app(name).slo_p99_ms
-        if slo is None:
-            return 0.0
-        if hist and sum(hist) > 0:
-            return histogram_percentile(hist, 99.0) / slo
-        m = snap.measures.get(name)
-        if m is None or m.p99_ms != m.p99_ms:
-            return 0.0
-        return m.p99_ms / slo

@@ -14,31 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def erlang_c(c: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """P(wait) for integer server counts ``c`` and offered loads ``a`` (arrays)."""
-    c = np.asarray(c, dtype=int)
-    a = np.asarray(a, dtype=float)
-    b = np.ones_like(a)
-    out = np.ones_like(a)
-    cmax = int(c.max()) if c.size else 0
-    for k in range(1, cmax + 1):
-        b = np.where(k <= c, a * b / (k + a * b), b)
-    ok = (c > 0) & (a < c)
-    rho = np.where(c > 0, a / np.maximum(c, 1), 1.0)
-    out = np.where(ok, b / np.maximum(1.0 - rho * (1.0 - b), 1e-300), 1.0)
-    return out
-
-
-def erlang_b(c: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """P(all busy) of Erlang loss systems with integer ``c`` servers and load ``a``."""
-    c = np.asarray(c, dtype=int)
-    a = np.asarray(a, dtype=float)
-    b = np.ones_like(a)
-    cmax = int(c.max()) if c.size else 0
-    for k in range(1, cmax + 1):
-        b = np.where(k <= c, a * b / (k + a * b), b)
-    return np.where(c > 0, b, 1.0)
+from cluster_mgr.queueing import erlang_b, erlang_c
 
 
 def fastest_first_shares(n: np.ndarray, s: np.ndarray, lam: np.ndarray) -> np.ndarray:
