@@ -42,29 +42,15 @@ import numpy as np
 import ray
 
 from cluster_mgr.clock import Clock, SystemClock
-from cluster_mgr.local.controller import NodeControlLoop, SlackController
+from cluster_mgr.local.controller import NodeControlLoop
 from cluster_mgr.local.knobs import FastAction, Knobs, NodeBudget
 from cluster_mgr.local.planner import RoundPlan
 from cluster_mgr.local.profile import ServiceProfile
+from cluster_mgr.local.registry import make_controller
 from cluster_mgr.local.signals import NodeSignals
 from cluster_mgr.model import TelemetryWindow
 
 HISTORY = 3000  # fast windows kept (5 min)
-
-
-def make_local_controller(name: str, profile: ServiceProfile, seed: int = 0) -> Any:
-    """A LocalController by name (settings.LOCAL_CONTROLLERS, "none" excluded)."""
-    from cluster_mgr.local import baselines as b
-
-    if name == "ours":
-        return SlackController(profile)
-    if name == "surgeguard":
-        return b.SurgeGuardController(profile)
-    if name == "parties":
-        return b.PartiesController(profile, seed=seed)
-    if name == "caladan":
-        return b.CaladanController(profile)
-    raise ValueError(f"local controller {name!r}: expected ours, surgeguard, parties or caladan")
 
 
 def job_profile(jobs: tuple[str, ...], work_ms: np.ndarray, upstream_ms: np.ndarray,
@@ -81,18 +67,20 @@ def job_profile(jobs: tuple[str, ...], work_ms: np.ndarray, upstream_ms: np.ndar
 
 
 def reaction_windows(history: list[dict[str, Any]], job: str, starts: list[float],
-                     fast_s: float, horizon: int = 30) -> list[int | None]:  # fmt: skip
+                     fast_s: float, horizon: int = 30, signal: str = "viol") -> list[int | None]:  # fmt: skip
     """Per surge starting at each of ``starts`` (wall clock): fast windows from the first
     window at or after the start whose signals show a violation of the job's target to the
     first window in which a scale-up of that job was enforced (acked by its replicas), as
     DESIGN.md counts reaction time. None: no violation within ``horizon`` windows (not an
-    event), or a violation that no scale-up answered within ``horizon`` windows."""
+    event), or a violation that no scale-up answered within ``horizon`` windows.
+    ``signal``: the violation's flag in the history, ``viol`` (own-time P99 over its
+    target: load surges) or ``late`` (time-from-start over its target: network surges)."""
     by_w = {h["window"]: h for h in history}
     out: list[int | None] = []
     for s in starts:
         w0 = math.floor(s / fast_s)
         v = next((w for w in range(w0, w0 + horizon)
-                  if w in by_w and by_w[w]["jobs"].get(job, {}).get("viol")), None)  # fmt: skip
+                  if w in by_w and by_w[w]["jobs"].get(job, {}).get(signal)), None)  # fmt: skip
         if v is None:
             out.append(None)
             continue
@@ -213,10 +201,17 @@ class LocalHost:
             if job not in self.known_work_ms and x["completed"] >= 3 and not math.isnan(x["work_ms"]):
                 prev = self.work_ms.get(job)
                 self.work_ms[job] = x["work_ms"] if prev is None else 0.95 * prev + 0.05 * x["work_ms"]
-            if not math.isnan(x["upstream_ms"]) and x["p99_ms"] <= self.exec_frac * x["slo_ms"]:
-                prev = self.upstream_ms.get(job)  # calm windows only: the profiled baseline
+            prev = self.upstream_ms.get(job)
+            # calm windows only: the profiled baseline; a window late against it is a network
+            # surge, which must stay a violation rather than become the profile
+            if (not math.isnan(x["upstream_ms"]) and x["p99_ms"] <= self.exec_frac * x["slo_ms"]
+                    and (prev is None or x["upstream_ms"] <= self._upstream_target(prev))):
                 self.upstream_ms[job] = x["upstream_ms"] if prev is None else (
                     0.95 * prev + 0.05 * x["upstream_ms"])  # fmt: skip
+
+    def _upstream_target(self, profiled_ms: float) -> float:
+        """SurgeGuard's time-from-start target: 1.2x profiled, at least ``upstream_slack_ms`` over."""
+        return max(1.2 * profiled_ms, profiled_ms + self.upstream_slack_ms)
 
     def _round_plan(self, jobs: tuple[str, ...], sig: dict[str, dict[str, float]]) -> RoundPlan:
         share = np.array([[self.budget.get(j, sig[j]["size"]) for j in jobs]])
@@ -238,6 +233,8 @@ class LocalHost:
         offered = arr("offered")
         up = np.array([[sig[j]["upstream_ms"] if not math.isnan(sig[j]["upstream_ms"])
                         else self.upstream_ms.get(j, 1.0) for j in jobs]])  # fmt: skip
+        # time-from-start added since profiling (a network delay) reaches the caller too
+        added = np.maximum(up - np.array([[self.upstream_ms.get(j, 1.0) for j in jobs]]), 0.0)
         return NodeSignals(
             window=w, time=(w + 1) * self.fast_s, services=jobs, exec_p99_ms=p99,
             exec_mean_ms=arr("mean_ms"), upstream_ms=up, arrival_rps=offered / self.fast_s,
@@ -245,7 +242,7 @@ class LocalHost:
             throttled_frac=np.clip(arr("throttled_s") / (self.fast_s * quota), 0.0, 1.0),
             utilization=arr("busy") / quota,
             # the node's end-to-end P99 over its SLO, as a ratio (jobs have their own SLOs)
-            p99_ms=np.array([float((p99 / slo).max())]), slo_ms=np.ones(1),
+            p99_ms=np.array([float(((p99 + added) / slo).max())]), slo_ms=np.ones(1),
             offered_rps=offered / self.fast_s,
             rejected_frac=arr("rejected") / np.maximum(offered, 1.0),
         )  # fmt: skip
@@ -273,7 +270,7 @@ class LocalHost:
                                   np.array([self.upstream_ms.get(j, 1.0) for j in jobs]),
                                   plan.exec_target_ms[0], self.cv, self.freq_exponent)  # fmt: skip
             if self.loop is None or jobs != self.services:
-                ctl = make_local_controller(self.kind, profile, self.seed)
+                ctl = make_controller(self.kind, profile, self.seed)
                 ctl.reset(plan, knobs)
                 self.loop = NodeControlLoop(ctl, knobs, jobs)
                 self.services = jobs
@@ -300,7 +297,10 @@ class LocalHost:
                          "slo_ms": sig[j]["slo_ms"], "arrival_rps": sig[j]["offered"] / self.fast_s,
                          "quota": sig[j]["quota"], "frequency": sig[j]["frequency"],
                          "queue_len": sig[j]["queue_len"],
-                         "viol": bool(sig[j]["p99_ms"] > target[i])}
+                         "viol": bool(sig[j]["p99_ms"] > target[i]),
+                         "upstream_ms": float(signals.upstream_ms[0, i]),
+                         "upstream_target_ms": float(plan.upstream_target_ms[0, i]),
+                         "late": bool(signals.upstream_ms[0, i] > plan.upstream_target_ms[0, i])}
                      for i, j in enumerate(jobs)},
             "actions": [{"job": a.service, "kind": a.kind, "value": a.value, "previous": a.previous,
                          "up": a.kind in ("quota", "frequency") and a.value > a.previous + 1e-9}

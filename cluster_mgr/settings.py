@@ -9,7 +9,7 @@ from cluster_mgr.model import DEFAULT_ROUND_S, FAST_WINDOW_S, TELEMETRY_WINDOW_S
 
 DPU_PRESETS = ("bluefield2", "bluefield3")
 #: Per-node fast controllers a NodeAgent can host (docs/local_control.md); "none": no fast layer.
-LOCAL_CONTROLLERS = ("none", "ours", "surgeguard", "parties", "caladan")
+LOCAL_CONTROLLERS = ("none", "ours", "surgeguard", "parties", "caladan", "autothrottle")
 PIM_PRESETS = ("pimcloud", "hbm3")
 
 

@@ -128,7 +128,8 @@ class PartiesController:
                 self._apply(q, f, n, worst, k, +1.0)
                 self.pending[n] = (worst, k, +1.0, w, lat[n, worst])
                 continue
-            cand = np.where(self.locked_until[n] > w, -np.inf, slack[n])
+            # Services without a replica on this node (no quota) have nothing to give back.
+            cand = np.where((self.locked_until[n] > w) | (q[n] <= 0.0), -np.inf, slack[n])
             best = int(np.argmax(cand))
             if cand[best] > self.down_slack:
                 k = int(self.kind[n, best])

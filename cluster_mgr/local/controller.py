@@ -83,6 +83,15 @@ class SlackController:
       make it up by tightening their own targets, in proportion to their
       profiled share, but only while the node's end-to-end P99 is near its SLO
       (otherwise there is nothing to make up).
+    * Absorb upstream delay even when the own time looks fine (SurgeGuard's rule:
+      downstream services speed up to absorb an upstream delay). The tightened
+      target is floored at what the service can do at top speed, so a service
+      already under that floor sees no violation of its own; yet while its
+      time-from-start is late and the node's end-to-end P99 is over the gate, it
+      still takes one step each window: frequency first (sized to cut the delay
+      to make up off its current own time, at least one quantum, at most the
+      top), then, at the top, one core (at most doubling a small quota), never
+      past the point where a core's marginal gain falls under 2%.
     * Scale up in one step, sized by the model at the measured arrival rate plus
       the cores that drain the measured backlog within ``drain_s``: frequency
       first (if the speed-up fits under the node's top frequency, cores stay),
@@ -125,8 +134,10 @@ class SlackController:
     def state_dict(self) -> dict[str, Any]:
         return state_of(self, ("calm", "last_up"))
 
-    def targets(self, sig: NodeSignals) -> np.ndarray:
-        """Execution-time targets after making up upstream (network) delay, (N, S)."""
+    def make_up(self, sig: NodeSignals) -> tuple[np.ndarray, np.ndarray]:
+        """(absorb, ms) per service, (N, S): whether the service is late by a delay no service
+        upstream caused while the node's end-to-end P99 is over the gate, and the milliseconds
+        of that delay it should make up (its profiled share, pushed harder the further over)."""
         assert self.plan is not None
         p, E, U = self.profile, self.plan.exec_target_ms, self.plan.upstream_target_ms
         over = sig.exec_p99_ms > E
@@ -141,6 +152,14 @@ class SlackController:
         push = np.clip(sig.p99_ms / (self.e2e_gate * sig.slo_ms), 1.0, 3.0)
         push = np.where(sig.p99_ms > self.e2e_gate * sig.slo_ms, push, 0.0)
         make_up = added.max(axis=1, keepdims=True) * share * push[:, None]
+        return late & (push > 0)[:, None], make_up
+
+    def targets(self, sig: NodeSignals, make_up: np.ndarray | None = None) -> np.ndarray:
+        """Execution-time targets after making up upstream (network) delay, (N, S)."""
+        assert self.plan is not None
+        p, E = self.profile, self.plan.exec_target_ms
+        if make_up is None:
+            make_up = self.make_up(sig)[1]
         # A service cannot beat its own processing time: floor at its no-queueing P99 at top speed.
         fmax = self.plan.budget.freq_max[:, None]
         floor = 1.1 * np.log(100.0) * p.service_ms / fmax**p.freq_exponent
@@ -152,7 +171,8 @@ class SlackController:
         assert self.plan is not None
         p, w = self.profile, sig.window
         E = self.plan.exec_target_ms
-        T = self.targets(sig)
+        absorb, make_up = self.make_up(sig)
+        T = self.targets(sig, make_up)
         budget = self.plan.budget
         hi = budget.cores[:, None]
         fmax = budget.freq_max[:, None]
@@ -163,14 +183,24 @@ class SlackController:
         drain = backlog / np.maximum(per_core * self.drain_s, 1e-9)
         viol = (sig.exec_p99_ms > T) | (drain > 0.05)
 
+        # One model look-up for the three sizings (at the current speed, at top speed, and for a
+        # release at nominal speed): a stacked bisection costs one third of three.
+        f_nom = np.full_like(f, FREQ_NOMINAL)
+        rel_target = self.release_target * E
+        sizes = p.cores_for(
+            np.stack([lam * self.up_margin, lam * self.up_margin, lam * self.down_margin]),
+            np.stack(np.broadcast_arrays(f, fmax, f_nom)),
+            np.stack([T, T, rel_target]),
+            hi,
+        )
         # --- scale up, one step sized by the model (frequency first, then cores)
-        c_cur_f = p.cores_for(lam * self.up_margin, f, T, hi) + drain
+        c_cur_f = sizes[0] + drain
         c_cur_f = np.maximum(c_cur_f, np.where(sig.exec_p99_ms > T,
                                                q * np.sqrt(sig.exec_p99_ms / T), 0.0))  # fmt: skip
         # Speed-up that would make the current quota enough (capacity ~ cores * f^e).
-        f_need = f * (c_cur_f / q) ** (1.0 / p.freq_exponent)
+        f_need = f * (c_cur_f / np.maximum(q, 1e-9)) ** (1.0 / p.freq_exponent)
         by_freq = f_need <= fmax
-        c_fmax_raw = p.cores_for(lam * self.up_margin, fmax, T, hi)
+        c_fmax_raw = sizes[1]
         c_top = c_fmax_raw
         c_top = c_top + backlog / np.maximum(p.capacity_rps(1.0, fmax) * self.drain_s, 1e-9)
         c_top = np.maximum(c_top, np.where(sig.exec_p99_ms > T, c_cur_f * (f / fmax)
@@ -197,9 +227,7 @@ class SlackController:
             & (w - self.last_up >= self.cooldown_windows)
             & node_ok[:, None]
         )
-        f_nom = np.full_like(f, FREQ_NOMINAL)
-        rel_target = self.release_target * E
-        c_nom = _qup(p.cores_for(lam * self.down_margin, f_nom, rel_target, hi))
+        c_nom = _qup(sizes[2])
         freq_down = may_release & (f > FREQ_NOMINAL + 1e-9)
         # Back to nominal speed only where the node can afford the cores that replace it.
         after = np.where(freq_down, np.maximum(q, c_nom), q).sum(axis=1)
@@ -209,6 +237,20 @@ class SlackController:
         new_q = np.where(
             viol, up_q, np.where(freq_down, np.maximum(q, c_nom), np.where(core_down, c_nom, q))
         )
+        # --- absorb upstream delay: at least one step while late and end-to-end over the gate,
+        # even where the own time is under its (floored) target and the sizing above asked
+        # for nothing. The own time scales ~ f^-e, so the speed that cuts ``make_up`` off it:
+        e_now = np.maximum(sig.exec_p99_ms, 1e-9)
+        rest = e_now - make_up
+        f_abs = np.where(rest > 0, f * (e_now / np.maximum(rest, 1e-9)) ** (1.0 / p.freq_exponent),
+                         fmax)  # fmt: skip
+        f_abs = np.minimum(np.maximum(quantize_freq_up(f_abs), f + FREQ_QUANTUM), fmax)
+        below_top = f < fmax - 1e-9
+        # At the top: one core (at most doubling a small quota); cores past the 2% marginal-gain
+        # cap would be released at once, so they are not taken; the loop clips to the budget.
+        q_abs = np.maximum(np.minimum(_qup(q + np.minimum(1.0, q)), np.maximum(cap, q)), q)
+        new_f = np.where(absorb & below_top, np.maximum(new_f, f_abs), new_f)
+        new_q = np.where(absorb & ~below_top, np.maximum(new_q, q_abs), new_q)
         went_up = (new_q > q + 1e-9) | (new_f > f + 1e-9)
         self.last_up = np.where(went_up, w, self.last_up)
         self.calm = np.where(went_up | freq_down | core_down, 0, self.calm)

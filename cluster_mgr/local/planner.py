@@ -1,18 +1,15 @@
-"""The per-round global layer in the surge experiments: budgets and targets per node.
+"""The round's plan as the fast layer sees it: per-node budgets and per-service targets.
 
-Each round (30 s) it sizes every service from the load it measured over the
-last round (it cannot see a surge that starts mid-round) with
-``ServiceProfile.cores_for`` against the service's execution-time target, and
-grants each node a budget: the planned cores times a surge reserve, capped by
-what the node holds for the job. Alone (``GlobalOnly``) it is the
-"global allocator alone" policy; under a LocalController it only sets the
-budget and the targets the local layer tracks.
+``plan_for_shares`` turns what the global allocator placed (each service's CPU
+share on each node) into a ``RoundPlan``: the node budget is the sum of the
+shares (as a NodeAgent's budget is the plan's CPUs of its jobs on the node),
+targets are SurgeGuard's (2x profiled execution time, 1.2x profiled
+time-from-start). The sim backend builds one from every plan the
+``GlobalAllocator`` puts in force.
 
-This is an explicit per-round planner, not ``cluster_mgr.control.GlobalAllocator``:
-that class decides one Allocation per *job* from learned reward curves and
-places replicas, while the fast layer needs per-*service* targets on each
-node; wiring its per-job CPU into per-node budgets is the lead's integration
-step (docs/local_control.md).
+``RoundPlanner`` sizes shares from a measured load with the profile's model
+instead; it builds plans for the controllers' unit tests (it is not a global
+allocator).
 """
 
 from __future__ import annotations
@@ -72,3 +69,27 @@ class RoundPlanner:
                 budget, np.full(n, self.freq_min), np.full(n, self.freq_max), np.zeros(n)
             ),  # fmt: skip
         )
+
+
+def plan_for_shares(
+    round_: int,
+    profile: ServiceProfile,
+    shares: np.ndarray,
+    *,
+    exec_factor: float = 2.0,
+    upstream_factor: float = 1.2,
+    freq_min: float = 0.5,
+    freq_max: float = 1.5,
+) -> RoundPlan:
+    """The plan for CPU ``shares`` (N, S) per node and service; budget = the node's sum."""
+    shares = np.asarray(shares, dtype=float)
+    n = shares.shape[0]
+    return RoundPlan(
+        round=round_,
+        cores=shares.copy(),
+        exec_target_ms=np.broadcast_to(profile.exec_p99_ms * exec_factor, shares.shape).copy(),
+        upstream_target_ms=np.broadcast_to(profile.upstream_ms * upstream_factor,
+                                           shares.shape).copy(),  # fmt: skip
+        budget=NodeBudget(shares.sum(axis=1), np.full(n, freq_min), np.full(n, freq_max),
+                          np.zeros(n)),  # fmt: skip
+    )

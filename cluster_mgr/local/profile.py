@@ -140,7 +140,7 @@ def cores_gain_cap(
     hi_arr = np.broadcast_to(np.asarray(hi, dtype=float), shape).copy()
     for _ in range(iters):
         mid = 0.5 * (lo + hi_arr)
-        m0, m1 = profile.exec_mean(lam, mid, freq), profile.exec_mean(lam, mid + step, freq)
+        m0, m1 = profile.exec_mean(lam, np.stack([mid, mid + step]), freq)  # one look-up for both
         with np.errstate(invalid="ignore"):
             small = np.nan_to_num((m0 - m1) / m0, nan=1.0) < gain
         hi_arr = np.where(small, mid, hi_arr)

@@ -51,13 +51,16 @@ def policy_kind(name: str) -> str:
     return str(getattr(policy_class(name), "kind", "baseline"))
 
 
-def all_policies() -> list[str]:
-    """Every registered policy that is not an oracle and can be built with default options."""
-    from allocators.registry import get_policy, list_policies
+def all_policies(kinds: set[str] | None = None) -> list[str]:
+    """Every registered policy that is not an oracle and can be built with default options;
+    with ``kinds`` (the scenario's job kinds), a policy for one job kind only when it has some."""
+    from allocators.registry import KIND_POLICIES, get_policy, list_policies
 
     out = []
     for info in list_policies():
         if info.kind == "oracle":
+            continue
+        if info.name in KIND_POLICIES and (kinds is None or KIND_POLICIES[info.name] not in kinds):
             continue
         try:
             get_policy(info.name)

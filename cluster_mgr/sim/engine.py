@@ -42,6 +42,8 @@ from cluster_mgr.model import (
     utility_from_reward,
 )
 from cluster_mgr.scenario.schema import Scenario
+from cluster_mgr.sim.fastlayer import FastLayer
+from cluster_mgr.sim.inference import attach as attach_inference
 from cluster_mgr.sim.result import RunResult
 from cluster_mgr.sim.sampling import WindowCounts, sample_window
 from cluster_mgr.sim.truth import GroundTruth, truth_factory
@@ -83,6 +85,10 @@ class SimOptions:
     part_rows: int = 200_000  # telemetry rows per RunLog part (many windows per part at scale)
     truth_every: int | None = None  # windows between truth-metric evaluations (None: by job count)
     learner: str | None = None
+    #: the fast per-node controller (None: the scenario's [control] local_controller); with
+    #: "none" no fast layer runs unless ``fast_trace`` asks for the plan alone at 100 ms
+    local_controller: str | None = None
+    fast_trace: bool = False
 
 
 class Simulation:
@@ -102,6 +108,9 @@ class Simulation:
         self._tel: _TelemetryWriter | None = None
         self.truth_every = options.truth_every or (5 if len(scenario.jobs) <= 100 else 30)
         self.seed = scenario.seed if options.seed is None else int(options.seed)
+        # inference jobs: bounds and loads resolved against the measured model (sim/inference.py)
+        scenario, self.inference = attach_inference(scenario, self.seed)
+        self.sc = scenario
         self.rng = np.random.default_rng(self.seed)
         self.truth = GroundTruth(scenario)
         self.stats = TruthStats(self.truth)
@@ -112,6 +121,9 @@ class Simulation:
             factory = truth_factory(self.truth)
         else:
             factory = learner_factory(options.learner or scenario.learner)
+        if self.inference is not None:  # inference jobs learn knob profiles (knob_profile)
+            factory = self.inference.learner_factory(factory)
+            self.inference.give_profiles(self.policy)
         self.log: RunLog | None = None
         if options.out_dir is not None:
             Path(options.out_dir).mkdir(parents=True, exist_ok=True)
@@ -130,6 +142,10 @@ class Simulation:
         self._nodes: tuple[NodeInfo, ...] | None = None
         self._cap_cpu = 0.0
         self.present = np.array([j.arrival_s <= 0.0 < j.departure_s for j in scenario.jobs])
+        local = options.local_controller or self.sc.local_controller
+        self.fast: FastLayer | None = None  # fast windows of local control (sim/fastlayer.py)
+        if self.sc.graphs and (local != "none" or options.fast_trace):
+            self.fast = FastLayer(self.sc, local, self.seed)
 
     # -- helpers ------------------------------------------------------------------------
     def nodes(self) -> tuple[NodeInfo, ...]:
@@ -193,6 +209,7 @@ class Simulation:
         in_force: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         pending: PlacementPlan | None = None
         plan: PlacementPlan | None = None
+        fast_plan: PlacementPlan | None = None
         rounds: list[tuple[float, float, int, np.ndarray]] = []
         for w in range(n_win):
             t = float(times[w])
@@ -215,6 +232,8 @@ class Simulation:
                     self.ga.remove(j.name)
                     self.present[k] = False
                 changed = True
+            if self.inference is not None and self.inference.begin_window(t, win, self.ga):
+                changed = True  # a runtime bound change: the job's spec was swapped
             if pending is not None:  # the plan decided last window is enforced now
                 plan, pending = pending, None
                 in_force = self._enforced(plan)
@@ -224,6 +243,8 @@ class Simulation:
                 self._flush_observations()  # the round sees every window so far
                 d = self._step(failures)
                 if d is not None:
+                    if self.inference is not None:  # the chosen knobs travel with the plan
+                        self.inference.decided(d.plan.epoch, d.policy_state)
                     cpu_dec = np.array([d.allocation.get(n).cpu for n in truth.names])
                     rounds.append((t, d.decision_ms, d.moves, cpu_dec))
                     if in_force is None:  # first placement: the jobs start on it
@@ -231,12 +252,23 @@ class Simulation:
                         in_force = self._enforced(plan)
                     else:
                         pending = d.plan
+            if self.fast is not None and plan is not None and (plan is not fast_plan or changed):
+                self.fast.set_plan(plan, self.alive)  # the budgets and targets of the plan in force
+                fast_plan = plan
             cpu, pim, mesh = in_force if in_force is not None else (np.zeros(truth.n),) * 3
             truth.pim_in_force[:], truth.mesh_in_force[:] = pim, mesh
             load = loads[w] * self.present
-            law = truth.law(cpu, load, pim=pim, mesh=mesh)
+            fast_laws = None
+            if self.fast is not None and plan is not None:  # ten fast windows under local control
+                cpu, freq, fast_laws = self.fast.window(t, cpu, truth.index)
+                law = truth.law(cpu, load, pim=pim, mesh=mesh, frequency=freq)
+            else:
+                law = truth.law(cpu, load, pim=pim, mesh=mesh)
             counts = sample_window(law, load * win, truth.target, truth.timeout, self.rng)
-            graph_counts = self._graphs(w, t, cpu, gloads[w])
+            if self.inference is not None:  # inference rows: emulated from measured profiles
+                self.inference.window(t, win, plan, cpu, load, counts, law.busy_cores,
+                                      self.present, sc.warmup_s)  # fmt: skip
+            graph_counts = self._graphs(w, t, cpu, gloads[w], fast_laws)
             tel.add(w, t, win, counts, cpu, law.busy_cores, self.present)
             if self.feed == "observe":
                 self._observe(counts, cpu, load, t + win)
@@ -263,7 +295,7 @@ class Simulation:
         self._flush_observations()
         tel.flush()
         rec.fill_truth(self.truth_every)
-        return rec.result(
+        res = rec.result(
             policy=self.opt.policy,
             kind=self.kind,
             scenario=sc,
@@ -274,8 +306,13 @@ class Simulation:
             max_load=self.stats.max_load(apps),
             wall_s=_time.perf_counter() - wall0,
         )
+        if self.inference is not None:
+            res.extra["inference"] = self.inference.summary()
+        return res
 
-    def _graphs(self, w: int, t: float, cpu: np.ndarray, gload: np.ndarray) -> list[WindowCounts]:
+    def _graphs(
+        self, w: int, t: float, cpu: np.ndarray, gload: np.ndarray, fast_laws: list | None = None
+    ) -> list[WindowCounts]:
         out = []
         for g, idx in enumerate(self.truth.graph_jobs):
             graph = self.truth.graphs[g]
@@ -286,7 +323,8 @@ class Simulation:
                 if s.graph == graph.name and s.start_s <= t < s.end_s:
                     key = (pos[s.src], pos[s.dst])
                     extra[key] = extra.get(key, 0.0) + s.extra_ms
-            law = self.truth.graph_law(g, cpu[idx], float(gload[g]), extra)
+            law = (self.truth.graph_law(g, cpu[idx], float(gload[g]), extra) if fast_laws is None
+                   else fast_laws[g])  # fmt: skip
             out.append(
                 sample_window(
                     law,

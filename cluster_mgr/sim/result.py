@@ -8,7 +8,7 @@ window arrays are (W, A) for apps and (W, J) for jobs; rounds are (R, J).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class RunResult:
     job_names: list[str]
     failures: int = 0
     wall_s: float = 0.0
+    #: JSON-able sections a run adds beside the metrics (e.g. "inference": bounds met, accuracy)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: Path) -> None:

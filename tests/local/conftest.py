@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster_mgr.local.emulator import hotel_search_graph
 from cluster_mgr.local.planner import RoundPlan, RoundPlanner
 from cluster_mgr.local.profile import ServiceProfile
-from cluster_mgr.local.profiling import profile_graph
+from cluster_mgr.sim.fastwin import hotel_search_graph
+from cluster_mgr.sim.profiling import profile_graph
 from cluster_mgr.workloads import GraphParams
 
 BASE_RPS = 6000.0

@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cluster_mgr.local.batch import run_policies
 from cluster_mgr.local.controller import NodeControlLoop, SlackController
-from cluster_mgr.local.emulator import GraphEmulator, SurgeEvent, SurgeScenario
 from cluster_mgr.local.knobs import Knobs
-from cluster_mgr.local.planner import RoundPlanner
+from cluster_mgr.sim.fastwin import GraphEmulator, SurgeEvent, SurgeScenario
 
 BASE = 6000.0
 SLO = 20.0
@@ -67,7 +65,7 @@ def test_late_upstream_caused_by_an_upstream_service_is_not_compensated(profile,
 
 
 def graph_rates(profile) -> np.ndarray:  # noqa: ANN001
-    from cluster_mgr.local.emulator import hotel_search_graph
+    from cluster_mgr.sim.fastwin import hotel_search_graph
 
     return hotel_search_graph().service_rates(BASE)[None, :]
 
@@ -83,15 +81,3 @@ def test_loop_reports_fast_actions_within_budget(graph, profile, plan) -> None: 
     assert loop.knobs.quota.sum() <= plan.budget.cores[0] + 1e-9
     assert all(a.value != a.previous for a in acts)
 
-
-def test_batch_run_is_deterministic(graph, profile) -> None:  # noqa: ANN001
-    def once() -> tuple[np.ndarray, int]:
-        planner = RoundPlanner(profile, np.full(2, 64.0), round_s=1.0)
-        sc = SurgeScenario(np.full(2, BASE), 1.5, (SurgeEvent(1, "load", 0.3, 1.0, factor=2.0),),
-                           seed=9)  # fmt: skip
-        tr = run_policies(graph, sc, planner, {"ours": SlackController(profile)},
-                          np.full(2, SLO), graph.service_rates(BASE))  # fmt: skip
-        return tr["ours"].p99_ms, tr["ours"].changes
-
-    (a, ca), (b, cb) = once(), once()
-    assert np.array_equal(a, b) and ca == cb

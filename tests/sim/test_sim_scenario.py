@@ -17,6 +17,7 @@ EXAMPLES = [
     "hotel_reservation",
     "hotel_reservation_40cpu",
     "surge",
+    "surge_local",
     "pim_colocation",
     "mesh_mix",
     "ray_small_sim",

@@ -1,17 +1,19 @@
 """Offline profiling of a graph, as an operator would run it once (SurgeGuard's profiles).
 
-Runs the emulator's ground truth at nominal load with a comfortable allocation
-(utilisation ``PROFILE_UTIL`` per service, nominal frequency, no surge) and
-records each service's P99 execution time and mean time-from-start.
+Runs the fast-window emulation (``sim.fastwin``) at nominal load with a
+comfortable allocation (utilisation ``PROFILE_UTIL`` per service, nominal
+frequency, no surge, no noise) and records each service's P99 execution time
+and mean time-from-start. Controllers size with the resulting
+``ServiceProfile``, never with the emulation's ground truth.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cluster_mgr.local.emulator import GraphEmulator, SurgeScenario
 from cluster_mgr.local.knobs import Knobs, quantize_up
 from cluster_mgr.local.profile import ServiceProfile, graph_structure
+from cluster_mgr.sim.fastwin import GraphEmulator, SurgeScenario
 from cluster_mgr.workloads import GraphParams
 
 PROFILE_UTIL = 0.6
