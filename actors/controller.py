@@ -52,6 +52,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.devices import device_participant_specs
+from actors.inference.control import attach_knob_models
 from actors.names import agent_name, pg_name
 from actors.node_agent import NodeAgent
 from cluster_mgr.clock import SystemClock
@@ -128,10 +129,15 @@ class ControllerCore:
         # unique per incarnation: parts of two controllers never collide, and agents see a new
         # incarnation (and re-send what is unacked) after a restart
         self.log = RunLog(config.log_uri, writer=f"ctl-{int(time.time())}-{uuid.uuid4().hex[:6]}")
+        policy = make_policy(config.policy, dict(config.policy_options))
+        # inference jobs: knob_profile models from measured profiles (actors/inference/control.py)
+        factory, self.knob_models = attach_knob_models(
+            policy, make_learner_factory(config.learner, dict(config.learner_options)),
+            lambda: {j.name: j for j in self.ga.jobs})  # fmt: skip
         self.ga = GlobalAllocator(
             config.jobs,
-            make_policy(config.policy, dict(config.policy_options)),
-            make_learner_factory(config.learner, dict(config.learner_options)),
+            policy,
+            factory,
             self.clock,
             self.log,
             round_s=config.round_s,
@@ -160,7 +166,8 @@ class ControllerCore:
         self.agent_options = {"window_s": config.telemetry_window_s,
                               "fast_window_s": config.fast_window_s, **(agent_options or {})}  # fmt: skip
         # device agents (docs/devices.md) as plan participants of every NodeAgent, rebuilt with it
-        specs = device_participant_specs(config.devices) if config.devices else []
+        specs = (device_participant_specs(config.devices, config.namespace)
+                 if config.devices else [])  # fmt: skip
         if specs:
             self.agent_options["participants"] = [*self.agent_options.get("participants", ()), *specs]
         # the per-node fast layer (docs/local_control.md)
@@ -365,10 +372,30 @@ class ControllerCore:
             free = float(avail.get(nid, {}).get("CPU", total))
             outside = max(0.0, total - free - ours.get(nid, 0.0))
             cpu = math.floor((total - outside) / 0.1 + 1e-6) * 0.1
-            out.append(NodeInfo(nid, ResourceVector(cpu=max(cpu, 0.0)), alive=True,
-                                address=n.get("NodeManagerAddress", ""),
+            pim_cores, mesh = self.device_capacity(nid)
+            out.append(NodeInfo(nid, ResourceVector(cpu=max(cpu, 0.0), pim_cores=pim_cores,
+                                                    mesh=mesh),
+                                alive=True, address=n.get("NodeManagerAddress", ""),
                                 labels=self.device_labels(nid)))  # fmt: skip
         return sorted(out, key=lambda x: x.node_id)
+
+    def device_capacity(self, node_id: str) -> tuple[float, float]:
+        """(PIM cores, mesh req/s) the node's emulated devices offer the policy: the PIM
+        preset's cores, and the DPU's admission rate (its Arm cores at saturation), so any
+        policy (not only a scripted one) can allocate them and a job's minimums can ask."""
+        if not self.config.devices:
+            return 0.0, 0.0
+        o = devices_for_node(self.config.devices, node_id)
+        pim = mesh = 0.0
+        if o.envoy or o.mesh_address:
+            from dpu_agent.device import preset
+
+            mesh = float(preset(o.dpu_preset or "bluefield2").admission_rps)
+        if o.pim_preset or o.pim_address:
+            from pim_agent.presets import PRESETS
+
+            pim = float(PRESETS[o.pim_preset or "pimcloud"].total_pim_cores)
+        return pim, mesh
 
     def device_labels(self, node_id: str) -> tuple[tuple[str, str], ...]:
         """The node's devices as NodeInfo labels: ``make_plan`` places mesh shares on DPU nodes
@@ -402,6 +429,7 @@ class ControllerCore:
 
     def desired_for(self, decision: Decision) -> dict[str, dict[str, dict[str, Any]]]:
         specs = {j.name: j for j in self.ga.jobs}
+        knobs = decision.policy_state.get("knobs") or {}
         out: dict[str, dict[str, dict[str, Any]]] = {nid: {} for nid in self.agents}
         for s in decision.plan.shares:
             spec = specs.get(s.job)
@@ -413,6 +441,8 @@ class ControllerCore:
                 "workload": dict(spec.workload),
                 "slo_ms": slo,
             }
+            if s.job in knobs:  # an inference job's knob is part of what the plan enforces
+                out[s.node_id][s.job]["knob"] = str(knobs[s.job])
         return out
 
     def prepare(self, epoch: int, desired: dict[str, dict[str, dict[str, Any]]],
@@ -576,20 +606,35 @@ class ControllerCore:
                 led.duplicates += int(stats.get("duplicates", 0))
                 led.lost += int(stats.get("lost", 0))
                 if jw is not None and len(jw):
-                    new.append(jw)
+                    new.append((part, jw))
             for name, mark in (meta or {}).get("marks", {}).items():
                 self.replica_marks[name] = max(int(mark), self.replica_marks.get(name, -1))
         windows = 0
         if new:
-            lag = np.concatenate([np.repeat(now - jw.end, jw.replicas) for jw in new])
+            lag = np.concatenate([np.repeat(now - jw.end, jw.replicas) for _, jw in new])
             with self.lag_lock:
                 self.lag_s.extend(lag.tolist())
             with self.lock:
-                for jw in new:
+                for _, jw in new:
                     windows += self.ga.ingest_partials(jw, settle=False)
                 self.ga.settle()
                 self.ingested_rows += windows
+            self._learn_knobs(new)
         return {"ok": True, "windows": windows, "incarnation": self.incarnation}
+
+    def _learn_knobs(self, parts: list[tuple[str, Any]]) -> int:
+        """Agent-log mode: the knob models learn the inference rows of the agents' new parts
+        (partial sums carry no knob, execution times or accuracy; the logged rows do). Without
+        knob models (no inference job) nothing runs; a part holding no inference job is not
+        read; files are read outside the allocator's lock, the models learn under it (a round
+        reads them). Returns rows learned."""
+        km = self.knob_models
+        names = [p for p, jw in parts if km.learns_any(jw.job.tolist())] if km else []
+        if not names:
+            return 0
+        tables = km.read_logged(self.log, names)
+        with self.lock:
+            return sum(km.learn(t) for t in tables)
 
     def durable_push(self, node_id: str, push: dict[str, Any] | None) -> int:
         if not push:
@@ -607,6 +652,7 @@ class ControllerCore:
             return 0
         with self.lock:
             self.ga.ingest_batch(table, admitted=True)
+            self.knob_models.learn(table)  # inference jobs: knob in force, memory, accuracy
             self.ingested_rows += table.num_rows
         return table.num_rows
 

@@ -24,6 +24,25 @@ protocol:
   TelemetryWindows, device counters in ``extras`` (``mesh.*`` and ``dpu.*``;
   ``pim.*``).
 
+Meshed jobs in the Ray backend (workload key ``mesh``): their replicas also
+listen on loopback (``mesh_port`` in their info) and callers send real HTTP
+through their node's Envoy. ``ReplicaEndpoints`` reads where those replicas
+listen from every NodeAgent's report; the mesh participant re-pushes its
+shares in force whenever that set changes (version ``e<epoch>.d<k>``: the
+replicas of a new plan start after its commit, in the make phase), checked
+once per telemetry poll. With ``upstream_reports`` (set when endpoints come
+from replicas) a mesh window counts only what the proxy itself refused (rate
+limit, breaker overflow): the requests it forwarded are counted by the
+replicas that served them, so a job's merged window counts every request once.
+
+Network-latency surges (issue 8 item 2): ``MeshParticipant.set_fault`` puts a fixed delay
+(Envoy's HTTP fault filter, ``dpu_agent.config.Fault``) on a job's route at this node's
+proxy, beside the shares in force (version ``e<epoch>.n<k>``; it survives new plans, which
+re-push the shares with it, until ``clear_fault``). From outside the agent's process a fault
+is a participant: ``register_participant({"factory": "actors.devices:mesh_fault", ...})``
+puts it in force, ``unregister_participant("fault.<job>")`` removes it (an agent restart
+removes it too: the emulated network heals with the proxy's config).
+
 No Ray here: the NodeAgent (a Ray actor) holds these objects; tests drive them
 directly.
 """
@@ -35,6 +54,7 @@ import math
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -62,6 +82,10 @@ class CommitOutcome:
 
 # --------------------------------------------------------------------------- mesh
 
+# The mesh participant of each node in this process (a NodeAgent's), so that a fault
+# participant built by a factory in the same process finds the node's proxy.
+_MESH_OF_NODE: weakref.WeakValueDictionary[str, MeshParticipant] = weakref.WeakValueDictionary()
+
 
 class MeshParticipant:
     """The node's DPU mesh agent (a real Envoy behind the dpu_agent gRPC service)."""
@@ -78,6 +102,7 @@ class MeshParticipant:
         endpoints: Endpoints | Callable[[], Endpoints] | None = None,
         preset_overrides: Mapping[str, float] | None = None,
         timeout_s: float = 30.0,
+        upstream_reports: bool = False,
     ) -> None:
         from dpu_agent.client import GrpcTransport, MeshClient
 
@@ -114,6 +139,15 @@ class MeshParticipant:
         self._prev_stats: Any = None
         self._seen_jobs: dict[str, list[str]] = {}  # job -> upstream nodes it was routed to
         self._seq: dict[str, int] = {}
+        self.upstream_reports = bool(upstream_reports)
+        self._res_in_force: Any = None  # MeshResources the agent last ACKed from this participant
+        self._eds = 0  # endpoint-only re-pushes (version e<epoch>.d<k>)
+        self.endpoint_pushes = 0
+        self.endpoint_nacks = 0
+        self._faults: dict[str, tuple[float, float]] = {}  # job -> (delay_ms, percent) in force
+        self._fault_pushes = 0
+        self._prev_fault_delays = 0.0
+        _MESH_OF_NODE[node_id] = self
 
     # -- endpoints -------------------------------------------------------------------
     def set_endpoints(self, endpoints: Endpoints | Callable[[], Endpoints]) -> None:
@@ -125,11 +159,32 @@ class MeshParticipant:
         e = self._endpoints
         return e() if callable(e) else e
 
+    def _resources(self, shares: Sequence[Any], eps: Endpoints) -> Any:
+        """This node's MeshResources for ``shares``. With ``upstream_reports`` (replicas as
+        endpoints), a node whose replicas do not listen yet (a new plan's replicas start after
+        its commit) gets weight 0 while another node of the share has some, instead of a
+        cluster without endpoints answering 503; the endpoint refresh puts the plan's weights
+        back once they listen."""
+        from dpu_agent import config as cfg
+        from dpu_agent.placement import mesh_configs
+
+        if self.upstream_reports:
+            routable = []
+            for s in shares:
+                live = {n for n, addrs in eps.get(s.job, {}).items() if addrs}
+                if s.weights and any(n in live and w > 0 for n, w in s.weights):
+                    s = replace(s, weights=tuple((n, w if n in live else 0.0) for n, w in s.weights))
+                routable.append(s)
+            shares = routable
+        from dpu_agent.placement import with_faults
+
+        return with_faults(mesh_configs(shares, eps).get(self.node_id, cfg.MeshResources()),
+                           dict(self._faults))  # fmt: skip
+
     # -- two-phase ---------------------------------------------------------------------
     def prepare(self, plan: PlacementPlan, node_id: str) -> str | None:
         from dpu_agent import config as cfg
         from dpu_agent.convert import resources_from_proto, resources_to_proto
-        from dpu_agent.placement import mesh_configs
 
         if node_id != self.node_id:
             return f"mesh participant of node {self.node_id} asked to prepare node {node_id}"
@@ -138,7 +193,7 @@ class MeshParticipant:
             if plan.epoch <= self._epoch:
                 return f"stale plan epoch {plan.epoch}: epoch {self._epoch} is in force"
             try:
-                res = mesh_configs(shares, self.endpoints()).get(node_id, cfg.MeshResources())
+                res = self._resources(shares, self.endpoints())
                 # what the agent does with a push before it validates: the proto round trip
                 res = resources_from_proto(resources_to_proto(res))
             except (ValueError, TypeError) as exc:
@@ -164,6 +219,7 @@ class MeshParticipant:
             if r.ack:
                 self._epoch = epoch
                 self._shares = shares
+                self._res_in_force = res
                 for s in shares:
                     ups = [n for n, _ in s.weights] or sorted(self.endpoints().get(s.job, {}))
                     self._seen_jobs[s.job] = sorted(set(self._seen_jobs.get(s.job, [])) | set(ups))
@@ -187,20 +243,88 @@ class MeshParticipant:
         rate changed, validated and pushed as version ``e<epoch>.f<k>`` (no two-phase apply:
         one node, one knob, inside the round's plan). True when the agent ACKed."""
         from dpu_agent import config as cfg
-        from dpu_agent.placement import mesh_configs
 
         with self._lock:
             if not any(s.job == job for s in self._shares):
                 return False
             shares = tuple(replace(s, rate_limit_rps=float(rps)) if s.job == job else s
                            for s in self._shares)  # fmt: skip
-            res = mesh_configs(shares, self.endpoints()).get(self.node_id, cfg.MeshResources())
+            res = self._resources(shares, self.endpoints())
             if cfg.validate(res):
                 return False
             self._fast_pushes = getattr(self, "_fast_pushes", 0) + 1
             r = self.client.push(res, version=f"e{self._epoch}.f{self._fast_pushes}")
             if r.ack:
                 self._shares = shares
+                self._res_in_force = res
+            return bool(r.ack)
+
+    def set_fault(self, job: str, delay_ms: float, percent: float = 100.0) -> CommitOutcome:
+        """An emulated network-latency surge: Envoy delays ``percent`` % of ``job``'s requests at
+        this proxy by ``delay_ms`` before forwarding them, until ``clear_fault``. Pushed with the
+        shares in force (version ``e<epoch>.n<k>``); on a refusal (ours or Envoy's) the fault
+        is not kept and the last good version stays. Without a route of the job here yet it is
+        kept and goes out with the job's shares."""
+        return self._push_faults({**self._faults, job: (float(delay_ms), float(percent))})
+
+    def clear_fault(self, job: str) -> CommitOutcome:
+        """Remove ``job``'s delay (the surge ends); pushed at once like ``set_fault``."""
+        return self._push_faults({j: f for j, f in self._faults.items() if j != job})
+
+    def faults(self) -> dict[str, tuple[float, float]]:
+        with self._lock:
+            return dict(self._faults)
+
+    def _push_faults(self, faults: dict[str, tuple[float, float]]) -> CommitOutcome:
+        from dpu_agent import config as cfg
+
+        with self._lock:
+            old, self._faults = self._faults, faults
+            try:
+                res = self._resources(self._shares, self.endpoints())
+            except (ValueError, TypeError) as exc:
+                self._faults = old
+                return CommitOutcome(self._epoch, False, "", f"mesh: cannot translate: {exc}")
+            errors = cfg.validate(res)
+            if errors:
+                self._faults = old
+                return CommitOutcome(self._epoch, False, "", "; ".join(errors))
+            if not self._shares or res == self._res_in_force:
+                return CommitOutcome(self._epoch, True, "", "nothing to push on this node yet")
+            self._fault_pushes += 1
+            r = self.client.push(res, version=f"e{self._epoch}.n{self._fault_pushes}")
+            if r.ack:
+                self._res_in_force = res
+            else:
+                self._faults = old
+            return CommitOutcome(self._epoch, bool(r.ack), r.version, r.reason)
+
+    def refresh_endpoints(self) -> bool | None:
+        """Re-push the shares in force when where their replicas listen has changed (EDS-like:
+        routes, weights and limits stay). None: nothing to do; else whether the agent ACKed."""
+        from dpu_agent import config as cfg
+
+        with self._lock:
+            shares = self._shares
+        if not shares:
+            return None
+        try:
+            eps = self.endpoints()  # outside the lock: it may ask other processes
+            res = self._resources(shares, eps)
+        except Exception as exc:  # no answer (agents restarting) or untranslatable: next poll
+            log.debug("mesh endpoints of %s not refreshed: %s", self.node_id, exc)
+            return None
+        with self._lock:
+            if shares is not self._shares or res == self._res_in_force or cfg.validate(res):
+                return None
+            self._eds += 1
+            r = self.client.push(res, version=f"e{self._epoch}.d{self._eds}")
+            self.endpoint_pushes += 1
+            if r.ack:
+                self._res_in_force = res
+            else:
+                self.endpoint_nacks += 1
+                log.warning("mesh agent of %s NACKed new endpoints: %s", self.node_id, r.reason)
             return bool(r.ack)
 
     # -- telemetry ---------------------------------------------------------------------
@@ -208,12 +332,18 @@ class MeshParticipant:
         from dpu_agent.placement import cluster_name
         from dpu_agent.telemetry import job_window
 
+        self.refresh_endpoints()
+        from dpu_agent.envoy_process import FAULT_DELAYS
+
         stats = self.client.stats()
         with self._lock:
             prev, self._prev_stats = self._prev_stats, stats
             jobs = dict(self._seen_jobs)
+            faults = dict(self._faults)
         if prev is None:
             return []  # the first call sets the baseline
+        # Envoy counts injected delays over all routes of the proxy, not per route
+        delays = max(0.0, stats.counter(FAULT_DELAYS) - prev.counter(FAULT_DELAYS))
         out = []
         for job, ups in sorted(jobs.items()):
             x = job_window(job, ups, prev, stats)
@@ -224,26 +354,79 @@ class MeshParticipant:
                 )
             x["mesh.commit_nacks"] = float(self.commit_nacks)
             x["mesh.epoch"] = float(self._epoch)
+            x["mesh.endpoint_pushes"] = float(self.endpoint_pushes)
+            x["mesh.fault_delay_ms"], x["mesh.fault_percent"] = faults.get(job, (0.0, 0.0))
+            x["mesh.fault_delays_injected"] = delays
             rejected = int(x["mesh.rejected"])
             ok = int(x["mesh.upstream_rq_2xx"])
             seq = self._seq.get(job, 0)
             self._seq[job] = seq + 1
+            if self.upstream_reports:  # the replicas count what was forwarded; we count refusals
+                offered, ok, timed_out = rejected, 0, 0
+            else:
+                offered, timed_out = int(x["mesh.upstream_rq_total"]) + rejected, int(x["mesh.upstream_rq_timeout"])
             out.append(
                 TelemetryWindow(
                     job=job, node_id=self.node_id, replica=f"mesh@{self.node_id}", seq=seq,
-                    start=prev.wall_time, end=stats.wall_time,
-                    offered=int(x["mesh.upstream_rq_total"]) + rejected, completed=ok,
-                    rejected=rejected, timed_out=int(x["mesh.upstream_rq_timeout"]),
-                    within_slo=ok, extras=x,
+                    start=prev.wall_time, end=stats.wall_time, offered=offered, completed=ok,
+                    rejected=rejected, timed_out=timed_out, within_slo=ok, extras=x,
                 )
             )  # fmt: skip
         return out
 
     def close(self) -> None:
+        if _MESH_OF_NODE.get(self.node_id) is self:
+            del _MESH_OF_NODE[self.node_id]
         self._transport.close()
         if self._handle is not None:
             self._handle.stop()
             self._handle = None
+
+
+class MeshFault:
+    """A network-latency surge on one node as a plan participant: constructed = the delay is
+    in force at the node's proxy (``MeshParticipant.set_fault``), ``close`` (unregistering it)
+    removes it. It votes yes on every plan (a network condition is workload, not allocation:
+    the mesh participant keeps it across plans) and reports no windows of its own (the mesh
+    participant's windows carry ``mesh.fault_*``)."""
+
+    def __init__(self, mesh: MeshParticipant, job: str, delay_ms: float, percent: float = 100.0) -> None:
+        from dpu_agent.placement import safe_name
+
+        self.name = f"fault.{safe_name(job)}"
+        self.mesh, self.job = mesh, job
+        r = mesh.set_fault(job, delay_ms, percent)
+        if not r.ok:
+            raise ValueError(f"mesh agent of {mesh.node_id} refused the fault on {job}: {r.reason}")
+        self.outcome = r
+
+    def prepare(self, plan: PlacementPlan, node_id: str) -> str | None:
+        return None
+
+    def commit(self, epoch: int) -> None:
+        return None
+
+    def abort(self, epoch: int) -> None:
+        return None
+
+    def telemetry(self, now: float) -> list[TelemetryWindow]:
+        return []
+
+    def close(self) -> None:
+        r = self.mesh.clear_fault(self.job)
+        if not r.ok:  # the delay stays in force: say so (the surge did not end)
+            log.warning("mesh agent of %s refused to clear the fault on %s: %s",
+                        self.mesh.node_id, self.job, r.reason)  # fmt: skip
+
+
+def mesh_fault(job: str, delay_ms: float, percent: float = 100.0, node_id: str | None = None) -> MeshFault:
+    """Factory for ``NodeAgent.register_participant``: a fixed delay on ``job``'s route at this
+    node's proxy (the mesh participant the agent built in this process), until unregistered."""
+    node = node_id or _this_node()
+    mesh = _MESH_OF_NODE.get(node)
+    if mesh is None:
+        raise ValueError(f"node {node}: no mesh participant in this process (devices: envoy = true)")
+    return MeshFault(mesh, job, delay_ms, percent)
 
 
 # --------------------------------------------------------------------------- PIM
@@ -542,18 +725,73 @@ def _this_node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
+class ReplicaEndpoints:
+    """``job -> node -> [(host, port)]`` of the meshed replicas (``mesh_port`` in their info)
+    that the namespace's NodeAgents report; the mesh participant's endpoint source in the Ray
+    backend. An agent that does not answer keeps the endpoints it last reported. Replicas
+    listen on 127.0.0.1: every Ray node of the cluster must share the loopback (one machine)."""
+
+    def __init__(self, namespace: str | None = None, timeout_s: float = 5.0) -> None:
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self._last: dict[str, dict[str, Any]] = {}  # agent name -> its last report
+
+    def __call__(self) -> dict[str, dict[str, list[tuple[str, int]]]]:
+        import ray
+
+        from actors.names import PREFIX
+
+        ns = self.namespace or ray.get_runtime_context().namespace
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a.get("namespace") == ns and a["name"].startswith(f"{PREFIX}:agent:"))  # fmt: skip
+        refs = {}
+        for n in names:
+            try:
+                refs[n] = ray.get_actor(n, namespace=ns).report.remote()
+            except ValueError:  # gone since the listing
+                continue
+        # one deadline for all: an agent that is restarting (its node died) does not hold up the rest
+        ready = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout_s)[0] if refs else []
+        done = set(ready)
+        for n, ref in refs.items():
+            if ref not in done:
+                continue  # restarting or busy: its last report stands
+            try:
+                self._last[n] = ray.get(ref)
+            except Exception:  # it died answering: its last report stands
+                continue
+        self._last = {n: r for n, r in self._last.items() if n in refs}
+        out: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        for rep in self._last.values():
+            for info in rep.get("replicas", {}).values():
+                port = info.get("mesh_port")
+                if port:
+                    out.setdefault(info["job"], {}).setdefault(rep["node_id"], []).append(("127.0.0.1", int(port)))
+        for per_node in out.values():
+            for eps in per_node.values():
+                eps.sort()
+        return out
+
+
 def mesh_participant(devices: Mapping[str, Mapping[str, Any]] | None = None,
-                     node_id: str | None = None, **overrides: Any) -> MeshParticipant | None:  # fmt: skip
+                     node_id: str | None = None, replica_endpoints: bool = False,
+                     namespace: str | None = None,
+                     **overrides: Any) -> MeshParticipant | None:  # fmt: skip
     """Factory for the NodeAgent's ``participants`` option: the node's mesh participant, or
     None when the node's options (its entry in ``devices``, else ``"default"``, plus
-    ``overrides``) turn the mesh off. ``node_id`` defaults to the Ray node this runs on."""
+    ``overrides``) turn the mesh off. ``node_id`` defaults to the Ray node this runs on.
+    ``replica_endpoints``: the endpoints are the meshed replicas the NodeAgents report
+    (``ReplicaEndpoints``) and the replicas count the requests they serve (``upstream_reports``).
+    ``namespace``: the manager's Ray namespace, where its NodeAgents are named (an actor's
+    runtime namespace is its job's, which need not be the manager's)."""
     node = node_id or _this_node()
     o = _node_options(devices, node, overrides)
     if not (o.get("envoy") or o.get("mesh_address")):
         return None
+    eps = o.get("endpoints") or (ReplicaEndpoints(namespace) if replica_endpoints else None)
     return MeshParticipant(node, preset=o.get("dpu_preset") or "bluefield2",
                            address=o.get("mesh_address"), token=o.get("mesh_token"),
-                           endpoints=o.get("endpoints"))  # fmt: skip
+                           endpoints=eps, upstream_reports=replica_endpoints)  # fmt: skip
 
 
 def pim_participant(devices: Mapping[str, Mapping[str, Any]] | None = None,
@@ -568,13 +806,17 @@ def pim_participant(devices: Mapping[str, Mapping[str, Any]] | None = None,
                           apps=o.get("pim_apps"), seed=int(o.get("seed", 0)))  # fmt: skip
 
 
-def device_participant_specs(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
+def device_participant_specs(devices: Mapping[str, Any],
+                             namespace: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """``ManagerConfig.devices`` -> specs for the NodeAgent's ``participants`` option (the same
-    list for every node; each node's factory picks its own entry). Empty when all is off."""
+    list for every node; each node's factory picks its own entry). Empty when all is off.
+    ``namespace``: where the manager's NodeAgents are named (the mesh's endpoint source)."""
     plain = {k: (v.as_options() if hasattr(v, "as_options") else dict(v)) for k, v in devices.items()}
     specs = []
     if any(o.get("envoy") or o.get("mesh_address") for o in plain.values()):
-        specs.append({"factory": "actors.devices:mesh_participant", "options": {"devices": plain}})
+        specs.append({"factory": "actors.devices:mesh_participant",
+                      "options": {"devices": plain, "replica_endpoints": True,
+                                  "namespace": namespace}})  # fmt: skip
     if any(o.get("pim_preset") or o.get("pim_address") for o in plain.values()):
         specs.append({"factory": "actors.devices:pim_participant", "options": {"devices": plain}})
     return specs

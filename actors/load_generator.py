@@ -11,6 +11,17 @@ replica yet, or ``max_inflight`` requests already outstanding) is counted as
 rejected here and reported to a replica of the job (``note_rejected``) so it
 shows as an SLO miss in the job's telemetry. Client-side latency (send to
 answer, wall clock) is kept for the run's report beside the replicas' own.
+
+``via_mesh=True`` (a job whose workload has ``mesh``: its replicas also listen
+on loopback, docs/mesh.md): every request is a real HTTP request to the Envoy
+of the node this generator runs on (its listener, from the node's NodeAgent),
+with ``Host: <job>``; Envoy routes it by the pushed weights, rate limits and
+breakers to a replica on any node. 200 is ok; 429 (the job's rate limit) and
+503 (breaker overflow, DPU shed, or a full replica queue) are rejected; 504 is
+timed out; anything else (no answer, 5xx) failed. Rejections by the proxy are
+SLO misses in the mesh participant's telemetry windows, so they are not also
+reported to a replica here. In this mode the look-ups (replicas, proxy) run in
+the background, so the arrival process never waits for them.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.names import CONTROLLER
+from actors.names import CONTROLLER, agent_name
 from actors.replica import OK, REJECTED, TIMED_OUT
 
 
@@ -51,6 +62,7 @@ class LoadGenerator:
         max_inflight: int = 512,
         refresh_s: float = 1.0,
         seed: int = 0,
+        via_mesh: bool = False,
     ) -> None:
         self.job, self.namespace = job, namespace
         self.trace, self.step_s = trace, float(step_s)
@@ -58,6 +70,10 @@ class LoadGenerator:
         self.max_inflight, self.refresh_s = int(max_inflight), float(refresh_s)
         self.rng = np.random.default_rng(seed)
         self.counts = {"sent": 0, "ok": 0, "rejected": 0, "timed_out": 0, "failed": 0, "unsent": 0}
+        self.via_mesh = bool(via_mesh)
+        self.proxy: Any = None  # dpu_agent.ingress.ProxyPool to this node's Envoy (via_mesh)
+        self.codes: dict[int, int] = {}  # HTTP status -> count (via_mesh)
+        self.replies: dict[str, int] = {}  # answering replica -> count (via_mesh)
         self.latencies_ms: list[float] = []
         self.inflight = 0
         self._stop = False
@@ -84,6 +100,43 @@ class LoadGenerator:
                     continue
             eps.append((n, h))
         self._endpoints = eps
+
+    async def _refresh_proxy(self) -> None:
+        """The listener of this node's Envoy, from the node's NodeAgent (its mesh participant)."""
+        from dpu_agent.ingress import ProxyPool
+
+        try:
+            agent = ray.get_actor(agent_name(ray.get_runtime_context().get_node_id()),
+                                  namespace=self.namespace)  # fmt: skip
+            listener = (await agent.device_info.remote()).get("mesh", {}).get("listener")
+        except Exception:  # agent restarting: keep the proxy we know
+            return
+        if listener and (self.proxy is None or self.proxy.proxy != listener):
+            if self.proxy is not None:
+                self.proxy.close()
+            self.proxy = ProxyPool(listener)
+
+    async def _refresh_mesh(self) -> None:
+        await self._refresh()
+        await self._refresh_proxy()
+        await self._report_unsent()
+
+    async def _one_http(self, sent_at: float) -> None:
+        try:
+            r = await self.proxy.get(self.job, sent_at=sent_at)
+            self.codes[r.status] = self.codes.get(r.status, 0) + 1
+            if r.status == 200:
+                self.counts["ok"] += 1
+                self.latencies_ms.append(r.latency_ms)
+                self.replies[r.replica] = self.replies.get(r.replica, 0) + 1
+            elif r.status in (429, 503):
+                self.counts["rejected"] += 1
+            elif r.status == 504:
+                self.counts["timed_out"] += 1
+            else:
+                self.counts["failed"] += 1
+        finally:
+            self.inflight -= 1
 
     async def _one(self, handle: Any, sent_at: float) -> None:
         try:
@@ -112,9 +165,12 @@ class LoadGenerator:
         if self._running:
             raise RuntimeError("this load generator is already running")
         self._running = True
+        refresher: asyncio.Task[None] | None = None
+        if self.via_mesh:  # know the proxy before the first arrival
+            await self._refresh_mesh()
         t0 = time.time()
         self.t0 = t0
-        next_refresh = t0
+        next_refresh = t0 + (self.refresh_s if self.via_mesh else 0.0)
         t_next = t0
         tasks: set[asyncio.Task[None]] = set()
         while not self._stop:
@@ -123,8 +179,14 @@ class LoadGenerator:
             if elapsed >= self.duration_s or self.counts["sent"] + self.counts["unsent"] >= self.max_requests:
                 break
             if now >= next_refresh:
-                await self._refresh()
-                await self._report_unsent()
+                if self.via_mesh:
+                    # in the background: arrivals never wait for the look-ups (latency is counted
+                    # from each request's scheduled send, so a stall here would show as latency)
+                    if refresher is None or refresher.done():
+                        refresher = asyncio.get_running_loop().create_task(self._refresh_mesh())
+                else:
+                    await self._refresh()
+                    await self._report_unsent()
                 next_refresh = now + self.refresh_s
             rate = rate_at(self.trace, self.step_s, elapsed)
             if rate <= 0:
@@ -133,7 +195,13 @@ class LoadGenerator:
                 continue
             # every arrival that is due by now goes out (Poisson: exponential gaps at ``rate``)
             while t_next <= now:
-                if not self._endpoints or self.inflight >= self.max_inflight:
+                if self.via_mesh and self.proxy is not None and self.inflight < self.max_inflight:
+                    self.inflight += 1
+                    self.counts["sent"] += 1
+                    task = asyncio.get_running_loop().create_task(self._one_http(t_next))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                elif self.via_mesh or not self._endpoints or self.inflight >= self.max_inflight:
                     self.counts["unsent"] += 1
                     self._unreported += 1
                 else:
@@ -146,9 +214,14 @@ class LoadGenerator:
                     task.add_done_callback(tasks.discard)
                 t_next += float(self.rng.exponential(1.0 / rate))
             await asyncio.sleep(max(0.0, t_next - time.time()))  # the arrival process itself
+        if refresher is not None:
+            await refresher
         if tasks:
             await asyncio.wait(tasks, timeout=30)
         await self._report_unsent()
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
         self._running = False
         return self.report()
 
@@ -164,4 +237,5 @@ class LoadGenerator:
             "t0": self.t0,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else math.nan,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else math.nan,
+            **({"codes": dict(self.codes), "replies": dict(self.replies)} if self.via_mesh else {}),
         }

@@ -58,6 +58,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.inference.serving import check_knob
 from actors.names import CONTROLLER, new_replica_name, pg_name, replica_prefix
 from actors.participants import PlanParticipant
 from actors.replica import Replica, draw_service_s
@@ -276,6 +277,9 @@ class NodeAgentCore:
                 draw_service_s(dict(spec.get("workload", {})), np.random.default_rng(0))
             except (ValueError, TypeError) as exc:
                 return f"job {job}: workload: {exc}"
+            bad_knob = check_knob(dict(spec.get("workload", {})), spec.get("knob"))
+            if bad_knob is not None:
+                return f"job {job}: knob: {bad_knob}"
         if self.node_cpu and total > self.node_cpu + SIZE_TOL:
             return f"replicas need {total:.1f} CPU, the node has {self.node_cpu:.1f}"
         return None
@@ -560,7 +564,7 @@ class NodeAgentCore:
         out: dict[str, Any] = {"node_id": self.node_id, "epoch": epoch, "refused": False}
         if phase == "make":
             started, deferred = self._start(start, desired)
-            out.update(started=started, deferred=deferred)
+            out.update(started=started, deferred=deferred, knobs=self._apply_knobs(desired))
         elif phase == "break":
             out.update(stopped=self._stop_replicas(stop))
         else:
@@ -601,7 +605,7 @@ class NodeAgentCore:
                 num_cpus=size,
                 max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
-            ).remote(job, name, spec.get("workload", {}), spec.get("slo_ms"), size,
+            ).remote(job, name, _with_knob(spec), spec.get("slo_ms"), size,
                      self.window_s, self.fast_window_s, hash(name) & 0xFFFF)  # fmt: skip
             started_refs.append((name, h, h.ready.remote(), pg))
         started = []
@@ -618,6 +622,19 @@ class NodeAgentCore:
                 self.infos[name] = info
             started.append(name)
         return started, deferred
+
+    def _apply_knobs(self, desired: dict[str, dict[str, Any]]) -> list[str]:
+        """The plan's knob on every running replica of an inference job that has another one
+        (replicas started by this plan got it at start); returns the replicas switched."""
+        with self.lock:
+            todo = [(n, self.replicas[n], desired[i["job"]]["knob"]) for n, i in self.infos.items()
+                    if desired.get(i["job"], {}).get("knob") not in (None, i.get("knob"))]  # fmt: skip
+        refs = [h.set_inference_knob.remote(k) for _, h, k in todo]
+        infos = ray.get(refs, timeout=self.start_timeout_s) if refs else []
+        with self.lock:
+            for (name, _, _), info in zip(todo, infos, strict=True):
+                self.infos[name] = info
+        return [n for n, _, _ in todo]
 
     @staticmethod
     def _job_of(name: str) -> str:
@@ -760,3 +777,11 @@ class NodeAgent:
         stopped = self.core.shutdown_replicas()
         self.core.close_participants()
         return stopped
+
+
+def _with_knob(spec: dict[str, Any]) -> dict[str, Any]:
+    """The workload a new replica starts with: the plan's knob travels inside it."""
+    workload = dict(spec.get("workload", {}))
+    if spec.get("knob") is not None:
+        workload["knob"] = spec["knob"]
+    return workload

@@ -22,6 +22,8 @@ cv             1.0         coefficient of variation for "lognormal"
 concurrency    ceil(quota) slots per replica (cores it may use at once)
 queue          64          requests waiting for a slot before new ones are rejected
 timeout_ms     10 x SLO    a request that waits longer for a slot times out
+model          -           "inference": a request is a real forward pass of the digits
+                           MLP at the plan's knob, really timed (actors/inference/serving.py)
 =============  ==========  ======================================================
 
 Latency is measured with the wall clock from arrival at the replica to
@@ -166,6 +168,12 @@ class ReplicaCore:
         self.frequency = 1.0
         conc = self.workload.get("concurrency")
         self.slots = Slots(int(conc) if conc else max(1, math.ceil(cpu_quota - 1e-9)))
+        # an inference job's request is a real forward pass (actors/inference/serving.py)
+        self.inference: Any = None
+        if self.workload.get("model") == "inference":
+            from actors.inference.serving import InferenceWork
+
+            self.inference = InferenceWork(self.workload, self.slots.limit, seed)
         self.queue_limit = int(self.workload.get("queue", 64))
         default_timeout = 10.0 * slo_ms if slo_ms else 1000.0
         self.timeout_s = float(self.workload.get("timeout_ms", default_timeout)) / 1e3
@@ -180,6 +188,7 @@ class ReplicaCore:
         self._win_start = now
         self._fast = _Counts()
         self._win = _Counts()
+        self.mesh_port: int | None = None  # set when a meshed replica's ingress listens (Replica.ready)
 
     # -- windows ---------------------------------------------------------------------
     def roll(self, now: float | None = None) -> None:
@@ -256,6 +265,7 @@ class ReplicaCore:
             frequency=self.frequency,
             concurrency=self.slots.limit,
             latency_hist=tuple(latency_histogram(lat).tolist()),
+            extras=self.inference.window_extras() if self.inference is not None else {},
         )
         self.buffer.put(windows_to_batch([window]))
         self.seq += 1
@@ -295,9 +305,12 @@ class ReplicaCore:
         self._fast.wait_s += got - arrival
         self._fast.started += 1
         try:
-            base = draw_service_s(self.workload, self.rng) / self.frequency
-            service = base * max(1.0, self.slots.busy / max(self.cpu_quota, 1e-3))
-            await asyncio.sleep(service)  # the emulated work of the request (workload model)
+            if self.inference is not None:  # real compute at the knob in force, really timed
+                service = base = await self.inference.serve()
+            else:
+                base = draw_service_s(self.workload, self.rng) / self.frequency
+                service = base * max(1.0, self.slots.busy / max(self.cpu_quota, 1e-3))
+                await asyncio.sleep(service)  # the emulated work of the request (workload model)
         finally:
             self.slots.release()
         done = time.time()
@@ -351,6 +364,8 @@ class ReplicaCore:
             "slo_ms": self.slo_ms,
             "buffered": self.buffer.rows,
             "dropped": self.buffer.dropped_rows,
+            "mesh_port": self.mesh_port,
+            "knob": self.inference.knob if self.inference is not None else None,
         }
 
 
@@ -366,7 +381,19 @@ class Replica:
                                 window_s=window_s, fast_window_s=fast_window_s, seed=seed)  # fmt: skip
 
     async def ready(self) -> dict[str, Any]:
+        if self.core.workload.get("mesh") and self.core.mesh_port is None:
+            # a meshed job (workload key ``mesh``): also serve HTTP on loopback, in this actor's
+            # own event loop, so the node's Envoy can route requests to it (docs/mesh.md)
+            from dpu_agent.ingress import start_ingress
+
+            self._ingress = await start_ingress(self._http, self.core.name)
+            self.core.mesh_port = self._ingress.port
         return self.core.info()
+
+    async def _http(self, path: str, headers: Any) -> int:
+        sent = headers.get("x-sent-at", "")
+        code = await self.core.handle(float(sent) if sent else 0.0)
+        return {OK: 200, REJECTED: 503, TIMED_OUT: 504}.get(code, 500)
 
     async def handle(self, sent_at: float = 0.0) -> int:
         return await self.core.handle(sent_at)
@@ -382,6 +409,13 @@ class Replica:
 
     async def ack(self, upto: int) -> int:
         return self.core.buffer.ack(upto)
+
+    async def set_inference_knob(self, knob: str) -> dict[str, Any]:
+        """The plan's knob for an inference job (fast path: no process starts)."""
+        if self.core.inference is None:
+            raise ValueError(f"replica {self.core.name} serves no inference job")
+        self.core.inference.set_knob(knob)
+        return self.core.info()
 
     async def set_knobs(self, concurrency: int | None = None, cpu_quota: float | None = None,
                         frequency: float | None = None) -> dict[str, Any]:  # fmt: skip

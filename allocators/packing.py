@@ -204,17 +204,9 @@ def _pack_cpu_fresh(
         cpu = -neg
         left = 1.0
         while left > 1e-9:
-            k = bisect_left(items, ((left - 1e-9) * cpu, -1))
-            while k < len(items) and max(items[k][0], 0.0) / cpu < left - 1e-9:
-                k += 1
-            if k < len(items):
-                node, take = items[k][1], left
-            else:
-                top = max(items[-1][0], 0.0) if items else 0.0
-                node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
-                take = _quantized(top / cpu, amount, left)
-                if take <= 0:
-                    return None  # the general path raises the detailed PackingError
+            node, take = _best_fit(items, cpu, amount, left)
+            if take <= 0:
+                return None  # the general path raises the detailed PackingError
             if (name, node) not in placed:
                 moves += 1
                 placed[(name, node)] = take
@@ -287,23 +279,31 @@ class _FreeOrder:
         vec[kinds.index("cpu")] = cpu
         while left > 1e-9:
             items = self.items
-            k = bisect_left(items, ((left - 1e-9) * cpu, -1))
-            # rooms are free/cpu: the tightest whole fit is the first item at or above the need
-            while k < len(items) and max(items[k][0], 0.0) / cpu < left - 1e-9:
-                k += 1
-            if k < len(items):
-                node, take = items[k][1], left
-            else:
-                top = max(items[-1][0], 0.0) if items else 0.0
-                node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
-                take = _quantized(top / cpu, amount, left)
-                if take <= 0:
-                    raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
+            node, take = _best_fit(items, cpu, amount, left)
+            if take <= 0:
+                raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
             self.sync(node)
         return moves
+
+
+def _best_fit(
+    items: list[tuple[float, int]], cpu: float, amount: ResourceVector, left: float
+) -> tuple[int, float]:
+    """(node, fraction of the job) for the next piece of a CPU-only job, from ``items``
+    (free CPU, node) sorted ascending: the tightest node that takes the whole ``left``, else
+    the roomiest node's whole-replica share of it (0 when not even one replica fits)."""
+    # rooms are free/cpu: the tightest whole fit is the first item at or above the need
+    k = bisect_left(items, ((left - 1e-9) * cpu, -1))
+    while k < len(items) and max(items[k][0], 0.0) / cpu < left - 1e-9:
+        k += 1
+    if k < len(items):
+        return items[k][1], left
+    top = max(items[-1][0], 0.0) if items else 0.0
+    node = items[bisect_left(items, (items[-1][0], -1))][1] if items else 0
+    return node, _quantized(top / cpu, amount, left)
 
 
 def _scaled(v: ResourceVector, frac: float) -> ResourceVector:

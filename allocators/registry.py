@@ -29,6 +29,7 @@ BUILTIN_POLICIES: dict[str, str] = {
     "slo_autoscale": "allocators.policies.slo:SloAutoscale",
     "constrained": "allocators.policies.slo:Constrained",
     "multi_resource": "allocators.policies.multi:MultiResource",
+    "inference_knobs": "allocators.inference.knob_policy:KnobPolicy",
     # oracles
     "oracle_utilitarian": "allocators.policies.welfare:OracleUtilitarian",
     "oracle_nash": "allocators.policies.welfare:OracleNash",
@@ -49,6 +50,16 @@ BUILTIN_POLICIES: dict[str, str] = {
     "caladan": "allocators.policies.feedback:Caladan",
     "ernest_maxmin": "allocators.policies.demand:ErnestMaxMin",
     "quasar": "allocators.policies.demand:Quasar",
+    "fixed_knob": "allocators.inference.knob_policy:FixedKnobPolicy",
+    "fixed_knob_approx": "allocators.inference.knob_policy:FixedApproxKnobPolicy",
+}
+
+#: Policies that only decide for jobs of one kind (the others keep their minimums):
+#: name -> that kind. Runners and the conformance kit use them where such jobs exist.
+KIND_POLICIES: dict[str, str] = {
+    "inference_knobs": "inference",
+    "fixed_knob": "inference",
+    "fixed_knob_approx": "inference",
 }
 
 

@@ -16,7 +16,6 @@ Usage: python benchmarks/bench_inference.py [--windows 300] [--reps 12] [--seed 
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import math
 import sys
@@ -32,6 +31,7 @@ from actors.inference.train import TrainConfig, load_or_train
 from allocators.base import Policy, Snapshot
 from allocators.inference import FixedKnobPolicy, KnobPolicy, set_bounds
 from cluster_mgr.model import SLO, JobKind, JobSpec, NodeInfo, ResourceVector
+from cluster_mgr.sim.inference import WorkerQueue
 from learners.knob_profile import MB, KnobPrior, KnobProfileLearner, workers_for
 
 ROUND_WINDOWS = 10  # the global allocator's period, in 1 s telemetry windows
@@ -71,26 +71,6 @@ def priors(profiles: Sequence[KnobProfile]) -> list[KnobPrior]:
     ]
 
 
-class Queue:
-    """FCFS over n workers; worker free-times carry over window boundaries."""
-
-    def __init__(self) -> None:
-        self.free: list[float] = [0.0]
-
-    def resize(self, n: int, now: float) -> None:
-        busy = sorted(self.free)
-        self.free = (busy + [now] * n)[:n] if n > len(busy) else busy[:n]
-        heapq.heapify(self.free)
-
-    def serve(self, arrivals: np.ndarray, service_s: np.ndarray) -> np.ndarray:
-        out = np.empty_like(arrivals)
-        for i, (a, s) in enumerate(zip(arrivals, service_s, strict=True)):
-            start = max(a, heapq.heappop(self.free))
-            heapq.heappush(self.free, start + s)
-            out[i] = start + s - a
-        return out
-
-
 def run(
     make_policy: Callable[[dict[str, KnobProfileLearner]], Policy],
     profiles: dict[str, KnobProfile],
@@ -116,7 +96,7 @@ def run(
     load = {j.name: j.load * rate for j in scen}
     measured = dict(load)
     node = NodeInfo("node-0", ResourceVector(cpu=cap, memory=64))
-    queues = {j.name: Queue() for j in scen}
+    queues = {j.name: WorkerQueue() for j in scen}
     planned: dict[str, float] = {}
     ok = loss = cpu_used = 0.0
     lat_miss = mem_miss = decisions = 0

@@ -300,7 +300,9 @@ def summarize(r: RunResult, oracle: RunResult | None = None) -> dict[str, Any]:
             "cpu_mean": _mean(np.where(r.present[ev][:, a], cpu_ev[:, a], np.nan)),
             "goodput": float(r.within[ev][:, a].sum() / max(ev.sum() * r.window_s, 1e-9)),
         }
-    return {"metrics": metrics, "extra": extra, "per_app": per_app}
+    out: dict[str, Any] = {"metrics": metrics, "extra": extra, "per_app": per_app}
+    out.update(r.extra)  # sections a run adds (inference: within_bounds_fraction, accuracy loss)
+    return out
 
 
 def _all_within(r: RunResult) -> np.ndarray:

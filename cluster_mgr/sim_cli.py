@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace, ctx: Any) -> int:
 
     sc = load_scenario(args.scenario)
     if args.policies.strip() == "all":
-        policies = all_policies()
+        policies = all_policies({str(j.spec.kind) for j in sc.jobs})
     else:
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         if not policies:

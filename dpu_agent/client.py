@@ -12,6 +12,7 @@ NodeAgent and placement.
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,9 +66,11 @@ class PushResult:
 class MeshStats:
     version: str
     counters: Mapping[str, float]
-    histograms: Mapping[str, Mapping[str, float]]
+    histograms: Mapping[str, Mapping[str, float]]  # name -> quantile label -> ms (since start)
     device: Mapping[str, float]
     wall_time: float
+    interval: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # last flush only
+    buckets: Mapping[str, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)
 
     def counter(self, name: str) -> float:
         return self.counters.get(name, 0.0)
@@ -75,6 +78,12 @@ class MeshStats:
     def cluster(self, cluster: str, stat: str) -> float:
         """An Envoy cluster stat, e.g. ``cluster("web--n2", "upstream_rq_total")``."""
         return self.counters.get(f"cluster.{cluster}.{stat}", 0.0)
+
+    def latency_ms(self, cluster: str, quantile: str = "P99", *, interval: bool = False) -> float:
+        """Envoy's ``cluster.<cluster>.upstream_rq_time`` quantile (``P50``, ``P99``, ...) in ms,
+        since Envoy started or (``interval``) over its last stats flush; NaN when absent."""
+        src = self.interval if interval else self.histograms
+        return src.get(f"cluster.{cluster}.upstream_rq_time", {}).get(quantile, math.nan)
 
     def rate_limited(self, rate_limit: str) -> float:
         return self.counters.get(
@@ -112,6 +121,9 @@ class MeshClient:
             histograms={h.name: dict(h.cumulative) for h in r.histograms},
             device=dict(r.device),
             wall_time=r.wall_time,
+            interval={h.name: dict(h.interval) for h in r.histograms},
+            buckets={h.name: tuple((b.lower_bound, b.width, int(b.count)) for b in h.totals)
+                     for h in r.histograms},  # fmt: skip
         )
 
     def device(self) -> dict[str, Any]:

@@ -10,6 +10,10 @@ tested in microseconds. The shapes and defaults mirror Envoy's own:
 - a RateLimit is an ``envoy.filters.http.local_ratelimit`` token bucket
   (max_tokens, tokens_per_fill, fill_interval >= 50 ms) attached per route;
   excess requests get 429 and count in ``<prefix>.http_local_rate_limit.rate_limited``;
+- a Fault is an ``envoy.filters.http.fault`` fixed delay (``delay.fixed_delay``,
+  ``delay.percentage``) attached per route: an emulated network-latency surge
+  on the way to the job's replicas; delayed requests count in
+  ``http.<prefix>.fault.delays_injected``;
 - CircuitBreakers default to Envoy's (1024 connections, 1024 pending,
   1024 requests, 3 retries); OutlierDetection to Envoy's (5 consecutive 5xx,
   10 s interval, 30 s base ejection, 10 % max ejected).
@@ -45,6 +49,8 @@ UINT32_MAX = 2**32 - 1
 ROUTE_CONFIG_NAME = "mesh_routes"
 RATE_LIMIT_FILTER = "mesh.local_rate_limit"  # per-route buckets attach to this filter name
 DEVICE_LIMIT_FILTER = "dpu.device_limit"  # the device-wide bucket (see device.DpuSpec.admission_rps)
+FAULT_FILTER = "mesh.fault"  # per-route fault injection (delays) attaches to this filter name
+MAX_FAULT_DELAY_MS = 60_000  # a delay longer than a minute is a partition, not a latency surge
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]{0,252}$")
@@ -94,6 +100,17 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """A fixed delay before the request is forwarded upstream (Envoy's HTTP fault filter), on
+    ``percent`` of the requests of every route that names it: an emulated network-latency
+    surge. Envoy does the delaying; nothing is aborted."""
+
+    name: str
+    delay_ms: int
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class WeightedTarget:
     cluster: str
     weight: int
@@ -107,6 +124,7 @@ class Route:
     prefix: str = "/"
     rate_limit: str = ""  # name of a RateLimit, or "" for none
     timeout_ms: int = DEFAULT_ROUTE_TIMEOUT_MS
+    fault: str = ""  # name of a Fault, or "" for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +132,7 @@ class MeshResources:
     clusters: tuple[Cluster, ...] = ()
     routes: tuple[Route, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
+    faults: tuple[Fault, ...] = ()
 
 
 # --------------------------------------------------------------------------- validation
@@ -182,8 +201,19 @@ def _validate_rate_limit(errors: list[str], rl: RateLimit) -> None:
         _check_range(errors, f"{where}: fill_interval_ms", rl.fill_interval_ms, MIN_FILL_INTERVAL_MS)
 
 
+def _validate_fault(errors: list[str], f: Fault) -> None:
+    where = f"fault {f.name!r}"
+    if not isinstance(f.name, str) or not _NAME_RE.match(f.name):
+        errors.append(f"{where}: name must match {_NAME_RE.pattern}")
+    _check_range(errors, f"{where}: delay_ms", f.delay_ms, 1, MAX_FAULT_DELAY_MS)
+    p = f.percent
+    # Envoy takes a FractionalPercent; a fault on no request is no fault (leave it out instead)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p) or not 0 < p <= 100:
+        errors.append(f"{where}: percent must be a number in (0, 100], got {p!r}")
+
+
 def _validate_route(
-    errors: list[str], r: Route, clusters: set[str], rate_limits: set[str]
+    errors: list[str], r: Route, clusters: set[str], rate_limits: set[str], faults: set[str]
 ) -> None:
     where = f"route {r.name!r}"
     if not isinstance(r.name, str) or not _NAME_RE.match(r.name):
@@ -214,6 +244,8 @@ def _validate_route(
         errors.append(f"{where}: cluster listed twice {dup}")
     if r.rate_limit and r.rate_limit not in rate_limits:
         errors.append(f"{where}: unknown rate_limit {r.rate_limit!r}")
+    if r.fault and r.fault not in faults:
+        errors.append(f"{where}: unknown fault {r.fault!r}")
 
 
 def validate(res: MeshResources) -> list[str]:
@@ -223,6 +255,7 @@ def validate(res: MeshResources) -> list[str]:
         ("cluster", [c.name for c in res.clusters]),
         ("route", [r.name for r in res.routes]),
         ("rate_limit", [rl.name for rl in res.rate_limits]),
+        ("fault", [f.name for f in res.faults]),
     ):
         dup = _duplicates(names)
         if dup:
@@ -231,10 +264,13 @@ def validate(res: MeshResources) -> list[str]:
         _validate_cluster(errors, c)
     for rl in res.rate_limits:
         _validate_rate_limit(errors, rl)
+    for f in res.faults:
+        _validate_fault(errors, f)
     clusters = {c.name for c in res.clusters}
     limits = {rl.name for rl in res.rate_limits}
+    faults = {f.name for f in res.faults}
     for r in res.routes:
-        _validate_route(errors, r, clusters, limits)
+        _validate_route(errors, r, clusters, limits, faults)
     dup = _duplicates(f"{r.domain}{r.prefix}" for r in res.routes)
     if dup:
         errors.append(f"two routes match the same domain and prefix {dup}")
@@ -246,6 +282,7 @@ def validate(res: MeshResources) -> list[str]:
 _CLUSTER_T = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ROUTE_CONFIG_T = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 _LOCAL_RL_T = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+_FAULT_T = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 
 def _duration(ms: int) -> str:
@@ -334,8 +371,22 @@ def local_rate_limit(
     return cfg
 
 
+def http_fault(f: Fault | None = None) -> dict[str, Any]:
+    """An HTTPFault config: ``f``'s fixed delay on its share of requests (per million, so a
+    fractional percent survives), or, without ``f``, the filter-level config that injects
+    nothing (no delay, no abort), so routes without a fault pass untouched."""
+    cfg: dict[str, Any] = {"@type": _FAULT_T}
+    if f is not None:
+        cfg["delay"] = {
+            "fixed_delay": _duration(f.delay_ms),
+            "percentage": {"numerator": round(f.percent * 10_000), "denominator": "MILLION"},
+        }
+    return cfg
+
+
 def envoy_route_configuration(res: MeshResources) -> dict[str, Any]:
     limits = {rl.name: rl for rl in res.rate_limits}
+    faults = {f.name: f for f in res.faults}
     by_domain: dict[str, list[Route]] = {}
     for r in res.routes:
         by_domain.setdefault(r.domain, []).append(r)
@@ -355,14 +406,17 @@ def envoy_route_configuration(res: MeshResources) -> dict[str, Any]:
                     "timeout": _duration(r.timeout_ms),
                 },
             }
+            per_filter: dict[str, Any] = {}
             if r.rate_limit:
                 rl = limits[r.rate_limit]
-                entry["typed_per_filter_config"] = {
-                    RATE_LIMIT_FILTER: local_rate_limit(
-                        rate_limit_stat_prefix(rl.name), rl.max_tokens, rl.tokens_per_fill,
-                        rl.fill_interval_ms,
-                    )
-                }
+                per_filter[RATE_LIMIT_FILTER] = local_rate_limit(
+                    rate_limit_stat_prefix(rl.name), rl.max_tokens, rl.tokens_per_fill,
+                    rl.fill_interval_ms,
+                )
+            if r.fault:
+                per_filter[FAULT_FILTER] = http_fault(faults[r.fault])
+            if per_filter:
+                entry["typed_per_filter_config"] = per_filter
             entries.append(entry)
         vhosts.append({"name": domain, "domains": [domain, f"{domain}:*"], "routes": entries})
     return {"@type": _ROUTE_CONFIG_T, "name": ROUTE_CONFIG_NAME, "virtual_hosts": vhosts}
@@ -405,12 +459,14 @@ def resources_from_dict(d: Mapping[str, Any]) -> MeshResources:
             prefix=r.get("prefix", "/"),
             rate_limit=r.get("rate_limit", ""),
             timeout_ms=r.get("timeout_ms", DEFAULT_ROUTE_TIMEOUT_MS),
+            fault=r.get("fault", ""),
         )
 
     return MeshResources(
         clusters=tuple(cluster(c) for c in d.get("clusters", ())),
         routes=tuple(route(r) for r in d.get("routes", ())),
         rate_limits=tuple(RateLimit(**rl) for rl in d.get("rate_limits", ())),
+        faults=tuple(Fault(**f) for f in d.get("faults", ())),
     )
 
 

@@ -57,6 +57,7 @@ def resources_from_proto(msg: Any) -> cfg.MeshResources:
             targets=tuple(cfg.WeightedTarget(w.cluster, int(w.weight)) for w in r.clusters),
             rate_limit=r.rate_limit,
             timeout_ms=_opt(r, "timeout_ms", cfg.DEFAULT_ROUTE_TIMEOUT_MS),
+            fault=r.fault,
         )
         for r in msg.routes
     )
@@ -64,7 +65,11 @@ def resources_from_proto(msg: Any) -> cfg.MeshResources:
         cfg.RateLimit(rl.name, int(rl.max_tokens), int(rl.tokens_per_fill), int(rl.fill_interval_ms))
         for rl in msg.rate_limits
     )
-    return cfg.MeshResources(tuple(clusters), routes, limits)
+    faults = tuple(
+        cfg.Fault(f.name, int(f.delay_ms), float(f.percent) if f.HasField("percent") else 100.0)
+        for f in msg.faults
+    )
+    return cfg.MeshResources(tuple(clusters), routes, limits, faults)
 
 
 def resources_to_proto(res: cfg.MeshResources) -> Any:
@@ -93,7 +98,7 @@ def resources_to_proto(res: cfg.MeshResources) -> Any:
     for r in res.routes:
         pr = out.routes.add(
             name=r.name, domain=r.domain, prefix=r.prefix, rate_limit=r.rate_limit,
-            timeout_ms=r.timeout_ms,
+            timeout_ms=r.timeout_ms, fault=r.fault,
         )
         for t in r.targets:
             pr.clusters.add(cluster=t.cluster, weight=t.weight)
@@ -102,4 +107,6 @@ def resources_to_proto(res: cfg.MeshResources) -> Any:
             name=rl.name, max_tokens=rl.max_tokens, tokens_per_fill=rl.tokens_per_fill,
             fill_interval_ms=rl.fill_interval_ms,
         )
+    for f in res.faults:
+        out.faults.add(name=f.name, delay_ms=f.delay_ms, percent=f.percent)
     return out

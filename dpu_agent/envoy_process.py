@@ -39,6 +39,9 @@ HCM_STAT_PREFIX = "mesh"
 DEVICE_STAT_PREFIX = "dpu_device"
 CDS = "cluster_manager.cds"
 RDS = f"http.{HCM_STAT_PREFIX}.rds.{cfg.ROUTE_CONFIG_NAME}"
+# Envoy's fault filter counters (all routes): delays injected, and requests held right now
+FAULT_DELAYS = f"http.{HCM_STAT_PREFIX}.fault.delays_injected"
+FAULT_ACTIVE = f"http.{HCM_STAT_PREFIX}.fault.active_faults"
 ENV_BINARY = "CLUSTER_MGR_ENVOY"
 
 
@@ -125,6 +128,9 @@ def bootstrap(
             "typed_config": {"@type": cfg._LOCAL_RL_T, "stat_prefix": "mesh_route_limit"},
         }
     )
+    # Per-route delays (an emulated network-latency surge, cfg.Fault) attach here; the
+    # filter-level config injects nothing. After the limits, so refused requests are not held.
+    filters.append({"name": cfg.FAULT_FILTER, "typed_config": cfg.http_fault()})
     filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -177,11 +183,52 @@ def _write_atomic(path: str, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class HistogramStat:
+    """One Envoy histogram: quantile label -> ms since start (``cumulative``) and over the last
+    stats flush (``interval``), and its fine buckets since start as (lower_bound, width, count)."""
+
+    cumulative: dict[str, float]
+    interval: dict[str, float]
+    totals: tuple[tuple[float, float, int], ...]
+
+
 @dataclass
 class ApplyResult:
     ok: bool
     version: str  # version in force afterwards
     reason: str = ""
+
+
+#: Scheduling priority (nice) of an Envoy that emulates a DPU's proxy. A DPU's Arm cores are
+#: its own: host work never preempts the proxy there. On one host the closest emulation is to
+#: let the DPU's Envoy win the CPU from host processes (sidecars, services, Ray), which a
+#: strongly negative nice does under CFS. Without the privilege to raise priority, `nice`
+#: warns and runs Envoy at normal priority (``EnvoyProcess.dedicated_cores`` says which).
+DPU_NICE = -15
+
+
+def _dedicated_cores_prefix(device: DpuSpec | None) -> list[str]:
+    nice = shutil.which("nice")
+    if device is None or nice is None or not _can_raise_priority():
+        return []
+    return [nice, "-n", str(DPU_NICE)]
+
+
+def _can_raise_priority() -> bool:
+    return os.geteuid() == 0 or _cap_nice()
+
+
+def _cap_nice() -> bool:
+    """Whether this process holds CAP_SYS_NICE (bit 23 of its effective capabilities)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 23 & 1)
+    except OSError:
+        pass
+    return False
 
 
 @dataclass
@@ -200,6 +247,14 @@ class EnvoyProcess:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def dedicated_cores(self) -> bool:
+        """Whether this Envoy runs with the DPU's own-cores priority (see ``DPU_NICE``)."""
+        try:
+            return self.device is not None and os.getpriority(os.PRIO_PROCESS, self.proc.pid) <= DPU_NICE
+        except OSError:
+            return False
 
     @classmethod
     def start(
@@ -241,6 +296,7 @@ class EnvoyProcess:
         try:
             proc = subprocess.Popen(
                 [
+                    *_dedicated_cores_prefix(device),
                     binary, "-c", boot_path, "--concurrency", "1", "--disable-hot-restart",
                     "--admin-address-path", admin_file, "--log-level", "warn",
                     "--service-node", node_id, "--service-cluster", "cluster-mgr-mesh",
@@ -334,24 +390,34 @@ class EnvoyProcess:
     def stats(self, filter_re: str = "") -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """(counters and gauges, histograms) from /stats?format=json under Envoy's names.
         Histograms map quantile labels (P50, P99, ...) to cumulative values in ms."""
-        q = "/stats?format=json"
+        values, hists = self.stats_detailed(filter_re)
+        return values, {name: h.cumulative for name, h in hists.items()}
+
+    def stats_detailed(self, filter_re: str = "") -> tuple[dict[str, float], dict[str, HistogramStat]]:
+        """(counters and gauges, histograms with quantiles and bucket totals), one admin read of
+        ``/stats?format=json&histogram_buckets=detailed``."""
+        q = "/stats?format=json&histogram_buckets=detailed"
         if filter_re:
             q += "&filter=" + urllib.request.quote(filter_re)
         doc = json.loads(self._get(q))
         values: dict[str, float] = {}
-        hists: dict[str, dict[str, float]] = {}
+        hists: dict[str, HistogramStat] = {}
         for s in doc.get("stats", []):
             if "value" in s and isinstance(s["value"], int | float):
                 values[s["name"]] = float(s["value"])
             elif "histograms" in s:
                 h = s["histograms"]
-                labels = [f"P{q:g}" for q in h.get("supported_quantiles", [])]
-                for cq in h.get("computed_quantiles", []):
-                    hists[cq["name"]] = {
-                        lab: float(v["cumulative"])
-                        for lab, v in zip(labels, cq["values"], strict=False)
-                        if v.get("cumulative") is not None
-                    }
+                labels = [f"P{q:g}" for q in h.get("supported_percentiles", [])]
+                for d in h.get("details", []):
+                    pct = d.get("percentiles", [])
+                    hists[d["name"]] = HistogramStat(
+                        cumulative={lab: float(v["cumulative"]) for lab, v in zip(labels, pct, strict=False)
+                                    if v.get("cumulative") is not None},
+                        interval={lab: float(v["interval"]) for lab, v in zip(labels, pct, strict=False)
+                                  if v.get("interval") is not None},
+                        totals=tuple((float(b["lower_bound"]), float(b["width"]), int(b["count"]))
+                                     for b in d.get("totals", [])),
+                    )  # fmt: skip
         return values, hists
 
     def text_stat(self, name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from cluster_mgr.model import MeshShare
 from dpu_agent import config as cfg
@@ -81,3 +82,23 @@ def mesh_configs(
         node: cfg.MeshResources(tuple(c.values()), tuple(r), tuple(rl))
         for node, (c, r, rl) in sorted(per_node.items())
     }
+
+
+def with_faults(res: cfg.MeshResources, faults: Mapping[str, tuple[float, float]]) -> cfg.MeshResources:
+    """``res`` with a fixed delay on each job's route: ``faults[job] = (delay_ms, percent)``
+    becomes a Fault named like the job's route, named by that route. A job without a route
+    here is left out (its traffic does not pass this node's proxy); an emulated network
+    condition is workload, not plan, so it rides on whatever shares are in force."""
+    if not faults:
+        return res
+    by_route = {safe_name(job): (float(ms), float(pct)) for job, (ms, pct) in faults.items()}
+    made: list[cfg.Fault] = []
+    routes = []
+    for r in res.routes:
+        f = by_route.get(r.name)
+        if f is None:
+            routes.append(r)
+            continue
+        made.append(cfg.Fault(r.name, round(f[0]), f[1]))  # a bad delay is NACKed, not clamped
+        routes.append(replace(r, fault=r.name))
+    return replace(res, routes=tuple(routes), faults=tuple(made))

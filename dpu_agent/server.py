@@ -97,12 +97,15 @@ class MeshAgent:
 
     def stats(self, req: Any) -> Any:
         m = load(PROTO)[0]
-        counters, hists = self.envoy.stats(req.filter)
+        counters, hists = self.envoy.stats_detailed(req.filter)
         resp = m.StatsResponse(version_info=self.envoy.version, wall_time=time.time())
         resp.counters.update(counters)
-        for name, qs in sorted(hists.items()):
+        for name, hs in sorted(hists.items()):
             h = resp.histograms.add(name=name)
-            h.cumulative.update(qs)
+            h.cumulative.update(hs.cumulative)
+            h.interval.update(hs.interval)
+            for lb, width, count in hs.totals:
+                h.totals.add(lower_bound=lb, width=width, count=count)
         resp.device.update(self.device_counters())
         return resp
 

@@ -12,6 +12,7 @@ from learners.ernest import ErnestLearner
 from learners.forecast import FORECASTERS, Forecaster, make_forecaster
 from learners.gp import GPUCBLearner
 from learners.interval import IntervalLearner
+from learners.knob_profile import KnobProfileLearner, KnobProfileModel
 
 LEARNERS: dict[str, type[Learner]] = {
     "interval": IntervalLearner,
@@ -19,6 +20,12 @@ LEARNERS: dict[str, type[Learner]] = {
     "ernest": ErnestLearner,
 }
 DEFAULT_LEARNER = "interval"
+#: Learners a job kind gets whatever the run's learner is (name -> class by kind). They start
+#: from per-job measured data (an inference job's knob profiles), so the runtime builds them
+#: (cluster_mgr/sim/inference.py, actors/inference/control.py), never ``make_learner``.
+KIND_LEARNERS: dict[str, tuple[str, type[Learner]]] = {
+    "inference": ("knob_profile", KnobProfileModel),
+}
 
 
 def make_learner(name: str = DEFAULT_LEARNER, **options: object) -> Learner:
@@ -45,6 +52,9 @@ __all__ = [
     "Forecaster",
     "GPUCBLearner",
     "IntervalLearner",
+    "KIND_LEARNERS",
+    "KnobProfileLearner",
+    "KnobProfileModel",
     "Learner",
     "LearnerBank",
     "LearnerFactory",

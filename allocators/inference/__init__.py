@@ -8,6 +8,13 @@ optimises CPU only. ``bounds`` holds the runtime bound API.
 """
 
 from allocators.inference.bounds import JobBounds, job_bounds, set_bounds
-from allocators.inference.knob_policy import FixedKnobPolicy, KnobPolicy
+from allocators.inference.knob_policy import FixedApproxKnobPolicy, FixedKnobPolicy, KnobPolicy
 
-__all__ = ["FixedKnobPolicy", "JobBounds", "KnobPolicy", "job_bounds", "set_bounds"]
+__all__ = [
+    "FixedApproxKnobPolicy",
+    "FixedKnobPolicy",
+    "JobBounds",
+    "KnobPolicy",
+    "job_bounds",
+    "set_bounds",
+]

@@ -12,8 +12,14 @@ CPU left over goes to the jobs closest to their latency bound, where it
 lowers the latency upper bound without breaking the memory bound.
 
 The policy re-plans every call from the snapshot (load, capacity and bounds
-are read afresh), so a change in any of them is reconsidered at once; the
-state records why a job's choice changed. Knob choices are returned in
+are read afresh), but a CPU split is costly to change (replicas are resized,
+and restarted) while learned latency bounds and measured loads are noisy, so
+the previous round's split is KEPT (knobs re-chosen at its CPUs) while every
+job is still feasible there on the conservative side, no bound, job or the
+inference CPU budget changed, and the fresh plan gains less than
+``min_move_gain`` accuracy points (job-weighted, summed) over it. The state
+records why a job's knob changed (``reasons``) and why the split moved or was
+kept (``split``). Knob choices are returned in
 ``state["knobs"]`` (job -> knob id), which the runtime applies to the replicas.
 """
 
@@ -25,7 +31,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from allocators.base import Policy, PolicyState, Snapshot
+from allocators.base import Policy, PolicyError, PolicyState, Snapshot, check_feasible
 from allocators.inference.bounds import MIB_PER_GIB, JobBounds, job_bounds
 from allocators.inference.solver import solve
 from cluster_mgr.model import CPU_QUANTUM, Allocation, JobKind, JobSpec, ResourceVector
@@ -51,6 +57,11 @@ class KnobModel(Protocol):
 _INFEASIBLE = -10.0
 #: Keep the current knob unless another is better by more than this (accuracy, fraction).
 _HYSTERESIS = 0.0005
+#: Default ``min_move_gain``: accuracy points (job-weighted, summed over inference jobs) a fresh
+#: CPU split must gain over the previous one to replace it. Half a point is well inside one
+#: setting's 95% accuracy interval on 800 held-out samples (about +-1.2 points at 97%), so a
+#: smaller gain is not worth a replica restart; a move to a clearly better knob is still taken.
+MIN_MOVE_GAIN_POINTS = 0.5
 
 
 def _units(x: float) -> int:
@@ -72,12 +83,20 @@ class KnobPolicy(Policy):
         *,
         load_margin: float = 0.1,
         knobs: Mapping[str, tuple[str, ...]] | None = None,
+        min_move_gain: float | None = MIN_MOVE_GAIN_POINTS,
     ) -> None:
         """``profiles``: job -> learner (else taken from ``snapshot.models``);
-        ``knobs``: job -> the knob ids allowed (default: all the learner knows)."""
+        ``knobs``: job -> the knob ids allowed (default: all the learner knows);
+        ``min_move_gain``: accuracy points a new CPU split must gain over keeping the previous
+        one while that stays feasible (None: re-plan the split every call, no hysteresis)."""
+        if min_move_gain is not None and not (math.isfinite(min_move_gain) and min_move_gain >= 0):
+            raise ValueError(
+                f"{self.name}: min_move_gain must be >= 0 or None, got {min_move_gain}"
+            )
         self.profiles = dict(profiles or {})
         self.load_margin = load_margin
         self.allowed = dict(knobs or {})
+        self.min_move_gain = min_move_gain
 
     # -- inputs ----------------------------------------------------------------------
     def _profile(self, snapshot: Snapshot, job: str) -> KnobModel:
@@ -86,7 +105,7 @@ class KnobPolicy(Policy):
             return m  # type: ignore[return-value]
         if job in self.profiles:
             return self.profiles[job]
-        raise KeyError(f"{self.name}: no knob profile for inference job {job!r}")
+        raise PolicyError(f"{self.name}: no knob profile for inference job {job!r}")
 
     def _load(self, snapshot: Snapshot, job: str) -> float:
         forecast = snapshot.loads.get(job, 0.0)
@@ -144,6 +163,7 @@ class KnobPolicy(Policy):
 
     # -- decision --------------------------------------------------------------------
     def decide(self, snapshot: Snapshot, state: PolicyState) -> tuple[Allocation, PolicyState]:
+        check_feasible(snapshot)
         jobs = [j for j in snapshot.jobs if j.kind == JobKind.INFERENCE]
         others = [j for j in snapshot.jobs if j.kind != JobKind.INFERENCE]
         cap = snapshot.capacity
@@ -161,17 +181,24 @@ class KnobPolicy(Policy):
         picks = solve(all_opts, budget) if jobs else []
         if picks is None:  # even the minimums do not fit: cheapest option each
             picks = [0] * len(jobs)
+        held, split = self._keep_split(state, jobs, all_opts, all_meta, budget, picks)
         chosen = {
             j.name: all_meta[i][p] | {"units": all_opts[i][p][0]}
-            for i, (j, p) in enumerate(zip(jobs, picks, strict=True))
+            for i, (j, p) in enumerate(zip(jobs, held or picks, strict=True))
         }
-        self._spread_leftover(snapshot, jobs, chosen, loads, budget)
+        if held is None:  # a kept split stays as it was: spreading is what noise flips
+            self._spread_leftover(snapshot, jobs, chosen, loads, budget)
         amounts = {j.name: j.minimum for j in others}
         reasons = self._reasons(state, jobs, chosen, loads, cap.cpu)
+        # Memory is reserved where the cluster reports it (the sim's nodes); where it reports
+        # none (Ray's logical CPUs only), the bound is met by the knob alone. A knob over the
+        # memory bound (state: feasible false) reserves the bound, no more.
+        reserve = cap.memory > 0
         for j in jobs:
             c = chosen[j.name]
+            mem_mb = min(c["memory_mb"], job_bounds(j).memory_mb) if reserve else 0.0
             amounts[j.name] = ResourceVector(
-                cpu=round(c["units"] * CPU_QUANTUM, 1), memory=c["memory_mb"] / MIB_PER_GIB
+                cpu=round(c["units"] * CPU_QUANTUM, 1), memory=mem_mb / MIB_PER_GIB
             )
         new_state: PolicyState = {
             "knobs": {n: c["knob"] for n, c in chosen.items()},
@@ -184,8 +211,62 @@ class KnobPolicy(Policy):
             "loads": loads,
             "capacity_cpu": cap.cpu,
             "reasons": reasons,
+            # the split the next call keeps unless it must move (see _keep_split)
+            "cpu_units": {n: int(c["units"]) for n, c in chosen.items()},
+            "budget_units": budget,
+            "split": split,
         }
         return snapshot.allocation(amounts, self.name), new_state
+
+    def _keep_split(
+        self,
+        state: PolicyState,
+        jobs: list[JobSpec],
+        opts: list[list[tuple[int, float]]],
+        meta: list[list[dict[str, Any]]],
+        budget: int,
+        picks: list[int],
+    ) -> tuple[list[int] | None, str]:
+        """The option index per job that keeps the previous round's CPU split, or None to move
+        to the fresh plan ``picks``; and why (``state["split"]``).
+
+        Moves only for a change that is no noise: a job set, budget or bound change; a job
+        infeasible at its previous CPUs on the conservative side (latency upper bound, memory);
+        or a fresh plan better by more than ``min_move_gain`` accuracy points. Learned latency
+        bounds and measured loads move every round, so without this the knapsack's ties and the
+        leftover spreading (all spare CPU to the job with the least headroom) follow the noise
+        and replicas restart for nothing."""
+        if self.min_move_gain is None:
+            return None, "replanned"
+        prev = state.get("cpu_units")
+        if not prev:
+            return None, "initial"
+        if set(prev) != {j.name for j in jobs}:
+            return None, "jobs changed"
+        if state.get("budget_units") != budget:
+            return None, "capacity changed"
+        old_bounds = state.get("bounds", {})
+        for j in jobs:
+            old = old_bounds.get(j.name)
+            if old is None or JobBounds(*old) != job_bounds(j):
+                return None, "bounds changed"
+        held: list[int] = []
+        for i, j in enumerate(jobs):
+            at = [p for p, (u, _) in enumerate(opts[i]) if u == int(prev[j.name])]
+            if not at:  # the job's cpu range (minimum, maximum) no longer holds it
+                return None, "cpu range changed"
+            held.append(at[0])
+        if sum(opts[i][p][0] for i, p in enumerate(held)) > budget:
+            return None, "capacity changed"
+        bad = [j.name for i, j in enumerate(jobs) if not meta[i][held[i]]["feasible"]]
+        if bad:
+            return None, "infeasible: " + ", ".join(bad)
+        # values are weight x accuracy (fraction): the gain in job-weighted accuracy points
+        gain = 100.0 * sum(opts[i][p][1] - opts[i][h][1]
+                           for i, (p, h) in enumerate(zip(picks, held, strict=True)))  # fmt: skip
+        if gain > self.min_move_gain:
+            return None, f"gain {gain:.2f} points"
+        return held, "kept"
 
     def _spread_leftover(
         self,
@@ -195,33 +276,48 @@ class KnobPolicy(Policy):
         loads: Mapping[str, float],
         budget: int,
     ) -> None:
-        """Give unused CPU units to the jobs with the least latency headroom, knob unchanged."""
+        """Water-fill unused CPU units over the feasible jobs by latency headroom, knob unchanged.
+
+        The job whose latency upper bound is nearest its bound (as a fraction of it) takes its
+        next step to a lower upper bound, until no step fits. A step may span several units:
+        just above an integer one more worker shares the quota and a request runs slower.
+        Giving ALL spare CPU to the tightest job instead left the others at their knapsack
+        minimum, at the edge of feasibility, where learned-bound noise tips them over and the
+        split moves (see ``_keep_split``)."""
         left = budget - sum(c["units"] for c in chosen.values())
-        order = sorted(
-            jobs, key=lambda j: -chosen[j.name]["latency_hi_ms"] / job_bounds(j).latency_ms
-        )
-        for j in order:
-            if left <= 0:
-                break
+        if left <= 0:
+            return
+        # per job: its curve over [units now, units now + left] with the knob it has
+        curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        for j in jobs:
             c, b = chosen[j.name], job_bounds(j)
-            if not c["feasible"]:
-                continue
-            prof = self._profile(snapshot, j.name)
             top = min(c["units"] + left, _units(j.bound_max("cpu")))
-            units = np.arange(c["units"], top + 1)
-            if len(units) <= 1:
+            if not c["feasible"] or top <= c["units"]:
                 continue
-            g = prof.grid(units * CPU_QUANTUM, loads[j.name])
-            k = c["k"]
-            lat, mem = g.latency_hi[k], g.memory_mb[k]
+            units = np.arange(c["units"], top + 1)
+            g = self._profile(snapshot, j.name).grid(units * CPU_QUANTUM, loads[j.name])
+            lat, mem = g.latency_hi[c["k"]], g.memory_mb[c["k"]]
             ok = (mem <= b.memory_mb) & (lat <= b.latency_ms)
-            best = int(np.argmin(np.where(ok, lat, np.inf)))
-            if ok[best] and lat[best] < c["latency_hi_ms"]:
-                left -= int(units[best] - c["units"])
-                c.update(
-                    units=int(units[best]),
-                    latency_hi_ms=float(lat[best]),
-                    memory_mb=float(mem[best]),
+            curves[j.name] = (units, lat, mem, ok, b.latency_ms)
+        at = dict.fromkeys(curves, 0)
+        while left > 0:
+            best: tuple[float, str, int] | None = None
+            for name, (_, lat, _, ok, bound) in curves.items():  # job order: ties deterministic
+                i = at[name]
+                ahead = slice(i + 1, i + 1 + left)
+                step = np.flatnonzero(ok[ahead] & (lat[ahead] < lat[i]))
+                if len(step) and (best is None or lat[i] / bound > best[0]):
+                    best = (lat[i] / bound, name, i + 1 + int(step[0]))
+            if best is None:
+                break
+            _, name, i = best
+            left -= i - at[name]  # the curve's units are contiguous
+            at[name] = i
+        for name, i in at.items():
+            units, lat, mem, _, _ = curves[name]
+            if i:
+                chosen[name].update(
+                    units=int(units[i]), latency_hi_ms=float(lat[i]), memory_mb=float(mem[i])
                 )
 
     def _reasons(
@@ -258,22 +354,31 @@ class KnobPolicy(Policy):
 
 class FixedKnobPolicy(KnobPolicy):
     """Baseline: every job runs one fixed knob (e.g. full accuracy, or the most approximate);
-    CPU is still optimised by the same knapsack, so only the knob co-allocation is missing."""
+    CPU is still optimised by the same knapsack, so only the knob co-allocation is missing.
 
+    ``knob``: a knob id, a job -> knob id mapping, or a role the job's profile
+    names: ``"full"`` (its reference, full-accuracy knob) or ``"most_approximate"``.
+    """
+
+    name: ClassVar[str] = "fixed_knob"
     kind: ClassVar[str] = "baseline"
-    description: ClassVar[str] = "one fixed knob setting per job; CPU optimised for its bounds"
+    description: ClassVar[str] = (
+        "inference jobs: one fixed knob (default full accuracy); CPU optimised for its bounds"
+    )
 
     def __init__(
         self,
-        knob: str | Mapping[str, str],
+        knob: str | Mapping[str, str] = "full",
         profiles: Mapping[str, KnobModel] | None = None,
         *,
         load_margin: float = 0.1,
-        name: str = "fixed_knob",
+        name: str | None = None,
+        min_move_gain: float | None = MIN_MOVE_GAIN_POINTS,
     ) -> None:
-        super().__init__(profiles, load_margin=load_margin)
+        super().__init__(profiles, load_margin=load_margin, min_move_gain=min_move_gain)
         self.knob = knob
-        self.name = name  # type: ignore[misc]
+        if name is not None:
+            self.name = name  # type: ignore[misc]
 
     def _options(
         self,
@@ -284,5 +389,30 @@ class FixedKnobPolicy(KnobPolicy):
         previous: str | None,
     ) -> tuple[list[tuple[int, float]], list[dict[str, Any]]]:
         k = self.knob if isinstance(self.knob, str) else self.knob[spec.name]
+        role = {"full": "reference_knob", "most_approximate": "most_approximate_knob"}.get(k)
+        if role is not None:
+            if not hasattr(profile, role):
+                raise PolicyError(f"{self.name}: the profile of {spec.name!r} names no {k} knob")
+            k = str(getattr(profile, role))
         self.allowed[spec.name] = (k,)
         return super()._options(spec, profile, load, budget, previous)
+
+
+class FixedApproxKnobPolicy(FixedKnobPolicy):
+    """Baseline: every inference job runs its most approximate knob (least memory, then time)."""
+
+    name: ClassVar[str] = "fixed_knob_approx"
+    description: ClassVar[str] = (
+        "inference jobs: the most approximate knob; CPU optimised for its bounds"
+    )
+
+    def __init__(
+        self,
+        profiles: Mapping[str, KnobModel] | None = None,
+        *,
+        load_margin: float = 0.1,
+        min_move_gain: float | None = MIN_MOVE_GAIN_POINTS,
+    ) -> None:
+        super().__init__(
+            "most_approximate", profiles, load_margin=load_margin, min_move_gain=min_move_gain
+        )

@@ -26,6 +26,7 @@ from cluster_mgr.config import (
 )
 from cluster_mgr.curves import CILANTRO_FAMILIES
 from cluster_mgr.model import JobKind, ModelError, ResourceVector, UtilitySpec
+from cluster_mgr.scenario.inference import bound_changes, check_inference_job, inference_workload
 from cluster_mgr.scenario.loads import SHAPES, LoadSpec, TraceError, read_trace
 from cluster_mgr.scenario.presets import (
     DPU_FIELDS,
@@ -73,7 +74,8 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
 
 # --------------------------------------------------------------------------- top level
 
-TOP_KEYS = ("scenario", "cluster", "jobs", "graphs", "surges")
+TOP_KEYS = ("scenario", "cluster", "jobs", "graphs", "surges", "control")
+CONTROL_KEYS = ("local_controller",)
 SCENARIO_KEYS = (
     "name",
     "description",
@@ -127,6 +129,7 @@ def parse_scenario(data: dict[str, Any], where: str, base_dir: Path) -> Scenario
         if bad:
             raise ScenarioError(where, f"jobs[{k}].pins", f"unknown node(s) {bad}")
     surges = [_surge(st, graphs) for st in _array(top, "surges")]
+    local_controller = _control(top)
     _check_minimums(where, nodes, jobs)
     return Scenario(
         name=meta.get_str("name", Path(where).stem) or Path(where).stem,
@@ -143,7 +146,23 @@ def parse_scenario(data: dict[str, Any], where: str, base_dir: Path) -> Scenario
         jobs=tuple(jobs),
         graphs=tuple(graphs),
         surges=tuple(surges),
+        local_controller=local_controller,
     )
+
+
+def _control(top: _Table) -> str:
+    """``[control] local_controller``: the fast per-node controller the sim runs (default none)."""
+    from cluster_mgr.local.registry import LOCAL_CONTROLLERS
+
+    ct = top.table("control")
+    if ct is None:
+        return "none"
+    ct.check_unknown(CONTROL_KEYS)
+    name = ct.get_str("local_controller", "none") or "none"
+    if name not in LOCAL_CONTROLLERS:
+        raise ct.error("local_controller",
+                       f"expected one of {', '.join(LOCAL_CONTROLLERS)}, got {name!r}")  # fmt: skip
+    return name
 
 
 def _array(t: _Table, key: str) -> list[_Table]:
@@ -354,7 +373,7 @@ def _load(t: _Table, base_dir: Path, seed: int, copy: int = 0) -> LoadSpec:
 
 # --------------------------------------------------------------------------- jobs
 
-SCENARIO_JOB_KEYS = ("load", "arrival_s", "departure_s", "count", "timeout_ms")
+SCENARIO_JOB_KEYS = ("load", "arrival_s", "departure_s", "count", "timeout_ms", "bounds")
 CURVE_KEYS = ("model", "family", "coeff", "bias", "noise", "scale")
 QUEUE_KEYS = ("model", "service_ms", "cv", "freq_exponent", "pim_speedup", "memory_intensity",
               "mesh_ms", "mesh_cpu_ms", "mesh_dpu_ms")  # fmt: skip
@@ -381,6 +400,9 @@ def _jobs(t: _Table, base_dir: Path, seed: int) -> list[JobEntry]:
             "workload", "missing: the ground-truth model, e.g. {model = 'curve', family = 'tanh'}"
         )
     workload = _workload(wt)
+    changes = bound_changes(t, workload)  # inference jobs: bounds changed at run time
+    if changes:
+        workload["bound_changes"] = changes
     base = {k: v for k, v in t.data.items() if k not in SCENARIO_JOB_KEYS}
     out = []
     for i in range(count):
@@ -388,6 +410,8 @@ def _jobs(t: _Table, base_dir: Path, seed: int) -> list[JobEntry]:
         if count > 1:
             d["name"] = f"{base.get('name')}-{i:0{len(str(count - 1))}d}"
         spec = parse_job(d, t.where, t.path)
+        if spec.kind == JobKind.INFERENCE or workload["model"] == "inference":
+            spec = check_inference_job(t, spec, workload)
         slo = spec.slo
         if workload["model"] == "queue" and slo is None and spec.kind != JobKind.BEST_EFFORT:
             raise t.error("slo", "a queue-model job needs an SLO (or kind = 'best_effort')")
@@ -411,6 +435,8 @@ def _jobs(t: _Table, base_dir: Path, seed: int) -> list[JobEntry]:
 
 def _workload(t: _Table) -> dict[str, Any]:
     model = t.get_str("model", "curve")
+    if model == "inference":
+        return inference_workload(t)
     if model not in WORKLOAD_MODELS:
         raise t.error("model", f"expected one of {', '.join(WORKLOAD_MODELS)}, got {model!r}")
     out: dict[str, Any] = {"model": model}
@@ -450,7 +476,7 @@ def _workload(t: _Table) -> dict[str, Any]:
 
 GRAPH_KEYS = ("name", "weight", "slo", "utility", "load", "services", "edges", "requests",
               "base_ms", "base_sd_ms", "network_ms", "timeout_ms", "arrival_s", "departure_s",
-              "slo_factor")  # fmt: skip
+              "slo_factor", "pins")  # fmt: skip
 SERVICE_KEYS = ("name", "service_ms", "cv", "freq_exponent", "minimum", "maximum", "replica_cpus",
                 "weight", "target_ms")  # fmt: skip
 EDGE_KEYS = ("from", "to", "calls", "requests")
@@ -558,6 +584,8 @@ def _graph(t: _Table, base_dir: Path, seed: int) -> tuple[GraphEntry, list[JobEn
                 spec_d[key] = s.data[key]
         if s.has("replica_cpus"):
             spec_d["replica_cpus"] = s.data["replica_cpus"]
+        if t.has("pins"):  # a graph pinned to nodes: every service's replicas stay on them
+            spec_d["pins"] = t.data["pins"]
         spec = parse_job(spec_d, s.where, s.path)
         jobs.append(
             JobEntry(

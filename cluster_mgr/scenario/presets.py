@@ -55,10 +55,21 @@ PIM_PRESETS: dict[str, dict[str, Any]] = {
                   pim_access_ns=30.0, page_move_us=6.0),
 }  # fmt: skip
 
-DPU_PRESETS: dict[str, dict[str, Any]] = {
-    "bluefield-2": dict(arm_cores=8, gbps=200.0, memory_gb=16.0, rps_per_core=25_000.0),
-    "bluefield-3": dict(arm_cores=16, gbps=400.0, memory_gb=32.0, rps_per_core=40_000.0),
-}
+def _dpu_presets() -> dict[str, dict[str, Any]]:
+    """The DPU presets of the device emulator (dpu_agent.device), so a scenario's BlueField is
+    the same device the Ray backend's mesh agent emulates; named as in a manager config
+    (``bluefield2``) or hyphenated (``bluefield-2``)."""
+    from dpu_agent.device import PRESETS
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in PRESETS.items():
+        params = dict(arm_cores=spec.cores, gbps=spec.line_rate_gbps, memory_gb=spec.memory_gib,
+                      rps_per_core=spec.rps_per_core)  # fmt: skip
+        out[name] = out[name.replace("bluefield", "bluefield-")] = params
+    return out
+
+
+DPU_PRESETS: dict[str, dict[str, Any]] = _dpu_presets()
 
 PIM_FIELDS = tuple(f.name for f in fields(PimDevice) if f.name != "preset")
 DPU_FIELDS = tuple(f.name for f in fields(DpuDevice) if f.name != "preset")

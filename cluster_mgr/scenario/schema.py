@@ -17,7 +17,7 @@ from cluster_mgr.scenario.loads import LoadSpec
 from cluster_mgr.scenario.presets import DpuDevice, PimDevice
 from cluster_mgr.workloads import GraphParams
 
-WORKLOAD_MODELS = ("curve", "queue")
+WORKLOAD_MODELS = ("curve", "queue", "inference")
 OBJECTIVES = ("utilitarian", "egalitarian", "nash", "p99")
 
 
@@ -114,6 +114,9 @@ class Scenario:
     jobs: tuple[JobEntry, ...]
     graphs: tuple[GraphEntry, ...]
     surges: tuple[LatencySurge, ...]
+    #: The per-node fast controller the sim steps every fast window ([control] local_controller;
+    #: cluster_mgr.local.registry names it); "none": no fast layer, the global allocator alone.
+    local_controller: str = "none"
 
     @property
     def specs(self) -> tuple[JobSpec, ...]:

@@ -9,7 +9,7 @@ import pytest
 
 from allocators.base import Policy, PolicyState, Snapshot
 from allocators.objectives import BUILTIN_OBJECTIVES, objective
-from allocators.registry import BUILTIN_POLICIES, get_policy
+from allocators.registry import BUILTIN_POLICIES, KIND_POLICIES, get_policy
 from allocators.testing import (
     ConformanceError,
     check_objective,
@@ -25,7 +25,24 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_POLICIES))
+def _kit_cases() -> list[Any]:
+    """Every built-in; a policy that decides for one job kind only is skipped: the kit's random
+    snapshots hold no such jobs, so it would leave every CPU idle (tests/inference checks it)."""
+    return [
+        pytest.param(
+            n,
+            marks=pytest.mark.skip(
+                reason=f"{n} allocates {KIND_POLICIES[n]} jobs only (their knob profiles come from "
+                "measured models); checked on inference snapshots in tests/inference"
+            ),
+        )
+        if n in KIND_POLICIES
+        else n
+        for n in sorted(BUILTIN_POLICIES)
+    ]
+
+
+@pytest.mark.parametrize("name", _kit_cases())
 def test_builtin_policy_conforms(name: str) -> None:
     check_policy(lambda: get_policy(name, **OPTIONS.get(name, {})), seed=3, n_snapshots=5)
 

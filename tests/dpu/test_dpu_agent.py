@@ -236,3 +236,58 @@ def test_plan_to_agent_to_telemetry(echo_pair, agent: AgentHandle, client: MeshC
     assert got["429"] == w["mesh.rate_limited"] == w["mesh.rejected"] > 15
     assert w["mesh.upstream_rq_total"] == got["a"] + got["b"]
     http.close()
+
+
+def test_latency_percentiles_per_cluster_in_stats_and_window(agent: AgentHandle, client: MeshClient) -> None:
+    """Envoy's upstream_rq_time per cluster: quantiles in the stats reply, and the window's
+    own P50 / P99 from the bucket totals of two samples (only the requests in between)."""
+    from dpu_agent.telemetry import job_window
+
+    fast, slow = EchoService("fast").start(), EchoService("slow", service_ms=20).start()
+    try:
+        res = cfg.MeshResources(
+            clusters=(cfg.Cluster("web--n1", (cfg.Endpoint("127.0.0.1", fast.port),)),
+                      cfg.Cluster("web--n2", (cfg.Endpoint("127.0.0.1", slow.port),))),
+            routes=(cfg.Route("web", "web", (cfg.WeightedTarget("web--n1", 1),
+                                             cfg.WeightedTarget("web--n2", 1))),),
+        )  # fmt: skip
+        assert client.push(res, "v1").ack
+        s0 = client.stats()
+        http = MeshHttpClient(agent.envoy.listener)
+        got = spread(http, 100)
+        http.close()
+
+        def recorded() -> bool:  # Envoy merges histograms into its admin view at each 1 s flush
+            return job_window("web", ["n1", "n2"], s0, client.stats())["mesh.upstream_rq_time_count"] == 100
+
+        assert wait_for(recorded, timeout_s=10, interval_s=0.1)
+        s1 = client.stats()
+        w = job_window("web", ["n1", "n2"], s0, s1)
+        assert w["mesh.to.n2.upstream_rq_time_p50_ms"] >= 19.0, w  # asyncio.sleep(20 ms) upstream
+        assert w["mesh.to.n1.upstream_rq_time_p50_ms"] < 15.0, w
+        assert w["mesh.upstream_rq_time_p99_ms"] >= w["mesh.to.n2.upstream_rq_time_p50_ms"]
+        assert s1.latency_ms("web--n2", "P50") >= 19.0 and s1.latency_ms("web--n2", "P99") >= 19.0
+        assert s1.latency_ms("web--n1", "P99", interval=True) == s1.latency_ms("web--n1", "P99", interval=True)
+        assert got["fast"] + got["slow"] == 100
+        # a window with no requests has no percentiles (NaN), not stale ones
+        w = job_window("web", ["n1", "n2"], s1, client.stats())
+        assert w["mesh.upstream_rq_time_count"] == 0 and w["mesh.upstream_rq_time_p99_ms"] != w["mesh.upstream_rq_time_p99_ms"]
+    finally:
+        fast.stop()
+        slow.stop()
+
+
+def test_dpu_proxy_gets_its_own_cores_priority_and_a_sidecar_does_not(agent: AgentHandle) -> None:
+    """The DPU's Envoy emulates dedicated Arm cores by outranking host processes; a sidecar
+    (no device) is a host process like any other."""
+    from dpu_agent.envoy_process import DPU_NICE, _can_raise_priority
+
+    if not _can_raise_priority():
+        pytest.skip("no privilege to raise a process's priority (root or CAP_SYS_NICE)")
+    import os
+
+    assert agent.envoy.dedicated_cores
+    assert os.getpriority(os.PRIO_PROCESS, agent.envoy.proc.pid) == DPU_NICE
+    with EnvoyProcess.start("n-sidecar") as sidecar:
+        assert not sidecar.dedicated_cores
+        assert os.getpriority(os.PRIO_PROCESS, sidecar.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)

@@ -4,6 +4,7 @@ accounting, placement, and the client's contract over the in-memory double."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -196,3 +197,20 @@ def test_job_window_turns_cumulative_stats_into_window_deltas() -> None:
     assert w["mesh.upstream_rq_total"] == 21 and w["mesh.rate_limited"] == 7
     assert w["mesh.rejected"] == 7 and w["mesh.ejections_active"] == 1
     assert w["dpu.core_utilisation"] == 0.25
+
+
+def test_window_quantiles_from_bucket_totals() -> None:
+    from dpu_agent.client import MeshStats
+    from dpu_agent.telemetry import histogram_delta, quantile_ms
+
+    def stats(buckets: dict[str, tuple[tuple[float, float, int], ...]]) -> MeshStats:
+        return MeshStats("v", {}, {}, {}, 0.0, buckets=buckets)
+
+    name = "cluster.{}.upstream_rq_time"
+    prev = stats({name.format("a"): ((1.0, 0.1, 10),), name.format("b"): ()})
+    now = stats({name.format("a"): ((1.0, 0.1, 10), (2.0, 0.1, 50)),
+                 name.format("b"): ((9.0, 1.0, 50),)})  # fmt: skip
+    h = histogram_delta(prev, now, ["a", "b"])
+    assert h == {(2.0, 0.1): 50, (9.0, 1.0): 50}  # only the requests between the samples
+    assert 2.0 <= quantile_ms(h, 0.5) <= 2.1 and 9.0 <= quantile_ms(h, 0.99) <= 10.0
+    assert math.isnan(quantile_ms({}, 0.5))

@@ -5,6 +5,7 @@ route traffic at the end. Bounded in count and time."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -27,6 +28,7 @@ pytestmark = [needs_envoy, pytest.mark.slow]
 
 NAMES = ["a", "b", "c", "", "-x", "a.b", "ünï", "x" * 250, "ok_1"]
 INTS = [-(2**40), -1, 0, 1, 5, 49, 50, 100, 65_535, 65_536, 2**32, 2**62]
+PERCENTS = [math.nan, math.inf, -1.0, 0.0, 1e-9, 0.5, 50.0, 100.0, 100.5]
 HOSTS = ["127.0.0.1", "::1", "localhost", "", "999.1.1.1", "10.0.0.1"]
 
 
@@ -47,12 +49,16 @@ def random_push(rng: random.Random, version: str) -> object:
     for _ in range(rng.randint(0, 3)):
         rt = r.routes.add(name=rng.choice(NAMES), domain=rng.choice(NAMES + ["web", "*"]),
                           prefix=rng.choice(["", "/", "/api", "x"]),
-                          rate_limit=rng.choice(["", "a", "b"]))
+                          rate_limit=rng.choice(["", "a", "b"]), fault=rng.choice(["", "", "a", "ok_1"]))
         for _ in range(rng.randint(0, 3)):
             rt.clusters.add(cluster=rng.choice(NAMES), weight=rng.choice(INTS))
     for _ in range(rng.randint(0, 2)):
         r.rate_limits.add(name=rng.choice(NAMES), max_tokens=rng.choice(INTS),
                           tokens_per_fill=rng.choice(INTS), fill_interval_ms=rng.choice(INTS))
+    for _ in range(rng.randint(0, 2)):
+        f = r.faults.add(name=rng.choice(NAMES), delay_ms=rng.choice(INTS))
+        if rng.random() < 0.7:
+            f.percent = rng.choice(PERCENTS)
     return m.PushRequest(version_info=version, nonce=f"n{version}", resources=r)
 
 

@@ -114,3 +114,72 @@ def test_solver_matches_brute_force():
         best = max(sum(opts[j][c[j]][1] for j in range(3)) for c in feasible)
         assert sum(opts[j][picks[j]][1] for j in range(3)) == pytest.approx(best)
         assert sum(opts[j][picks[j]][0] for j in range(3)) <= budget
+
+
+def _noisy_rounds(pol, lrs, jobs, rng, rounds, load_of, state, cpu=8.0):
+    """``rounds`` decisions, each followed by one noisy window per job of the knob in force
+    (service times +-25%, loads +-10%): what learned bounds look like round to round.
+    Returns the CPU split per round and the final state."""
+    splits = []
+    for _ in range(rounds):
+        loads = {n: load_of(n) * float(np.exp(rng.normal(0, 0.1))) for n in lrs}
+        alloc, state = pol.decide(_snap(jobs, cpu=cpu, loads=loads), state)
+        splits.append(tuple(alloc.get(n).cpu for n in sorted(lrs)))
+        for n, lr in lrs.items():
+            k = state["knobs"][n]
+            ms = {"full": 10.0, "mid": 4.0, "tiny": 1.0}[k] * np.exp(rng.normal(0, 0.25, 16))
+            lr.learn_window(k, alloc.get(n).cpu, loads[n], service_ms=list(ms))
+    return splits, state
+
+
+def _changes(splits):
+    return sum(a != b for a, b in zip(splits, splits[1:], strict=False))
+
+
+@pytest.mark.parametrize("knobs", [None, ("full",)])
+def test_noisy_learned_latency_does_not_flip_the_split_but_infeasibility_moves_it(knobs):
+    """Two equal jobs on 9 CPUs: which one has the least headroom (and gets the odd CPU) is
+    decided by noise every round. Without hysteresis the split flips round to round; with it,
+    it never does. A real overload of one job still moves CPUs, once: with only the full knob
+    allowed it is infeasible at its kept CPUs; with all knobs it would drop to a less accurate
+    knob there, a loss the move avoids (a material gain)."""
+    jobs = [_job("a", 40.0, 50.0), _job("b", 40.0, 50.0)]
+    allowed = {n: knobs for n in "ab"} if knobs else None
+    calm, over = {"a": 60.0, "b": 60.0}, {"a": 400.0, "b": 60.0}
+
+    def run(gain):
+        lrs = {"a": _learner(), "b": _learner()}
+        pol = KnobPolicy(lrs, knobs=allowed, min_move_gain=gain)
+        rng = np.random.default_rng(0)
+        splits, st = _noisy_rounds(pol, lrs, jobs, rng, 20, calm.get, {}, cpu=9.0)
+        return splits, st, pol, lrs
+
+    flips, *_ = run(None)
+    assert _changes(flips) >= 3  # the scenario really is noisy enough to flip a split
+    splits, st, pol, lrs = run(0.5)
+    assert _changes(splits) == 0 and st["split"] == "kept"
+    assert all(st["feasible"].values()) and set(st["knobs"].values()) == {"full"}
+    # job a's load goes to over 6x
+    alloc, st2 = pol.decide(_snap(jobs, cpu=9.0, loads=over), st)
+    assert st2["split"] == ("infeasible: a" if knobs else "gain 1.25 points")
+    assert alloc.get("a").cpu > splits[-1][0]  # CPUs moved to the overloaded job
+    assert all(st2["feasible"].values()) and set(st2["knobs"].values()) == {"full"}
+    # and from there the new split is held through the noise again
+    moved = (alloc.get("a").cpu, alloc.get("b").cpu)
+    after, _ = _noisy_rounds(pol, lrs, jobs, np.random.default_rng(1), 20, over.get, st2, cpu=9.0)
+    assert _changes([moved, *after]) == 0
+
+
+def test_kept_split_moves_on_bound_change_and_option_validated():
+    lrs = {"a": _learner(), "b": _learner()}
+    pol = KnobPolicy(lrs)
+    jobs = [_job("a", 40.0, 50.0), _job("b", 40.0, 50.0)]
+    _, st = pol.decide(_snap(jobs, cpu=8.0), {})
+    _, st = pol.decide(_snap(jobs, cpu=8.0), st)
+    assert st["split"] == "kept"
+    _, st = pol.decide(_snap([set_bounds(jobs[0], latency_ms=30.0), jobs[1]], cpu=8.0), st)
+    assert st["split"] == "bounds changed"
+    _, st = pol.decide(_snap([set_bounds(jobs[0], latency_ms=30.0), jobs[1]], cpu=6.0), st)
+    assert st["split"] == "capacity changed"
+    with pytest.raises(ValueError):
+        KnobPolicy(lrs, min_move_gain=-1.0)

@@ -464,3 +464,61 @@ def test_manager_drives_mesh_rate_limit_and_pim_core_move(cluster: list[str], tm
         ray.get(agents[a].unregister_participant.remote("nacker"), timeout=60)
     finally:
         m.stop()
+
+
+def test_builtin_policy_allocates_device_capacity_the_controller_reports(
+    cluster: list[str], tmp_path: Any
+) -> None:
+    """With no scripted policy: the Controller offers each node's DPU admission rate and PIM
+    cores as capacity, so a built-in policy honours a meshed job's mesh minimum, the plan
+    routes it at the node's Envoy, and real HTTP requests through that Envoy are served."""
+    from actors.names import agent_name
+    from cluster_mgr.model import SLO, JobSpec
+    from cluster_mgr.runtime.ray_backend import RayManager
+    from cluster_mgr.settings import ManagerConfig
+    from dpu_agent.device import preset
+    from dpu_agent.service import MeshHttpClient
+    from pim_agent.presets import PRESETS
+
+    a, b = cluster
+    ns = "cm-devices-builtin"
+    web = JobSpec("web", slo=SLO(target=200.0), replica_cpus=1.0,
+                  minimum=ResourceVector(cpu=1.0, mesh=500.0), maximum=ResourceVector(cpu=2.0, mesh=1000.0),
+                  workload={"mesh": True, "service_ms": 2.0, "dist": "exp"})  # fmt: skip
+    cfg = ManagerConfig(
+        address="cluster", namespace=ns, round_s=3600.0, log_uri=str(tmp_path / "log"),
+        admin_bind="", policy="multi_resource", jobs=(web,),
+        devices={a: DeviceOptions(envoy=True),
+                 b: DeviceOptions(pim_preset="pimcloud", pim_apps=PIM_APPS)},
+    )  # fmt: skip
+    m = RayManager(cfg, {"agent_options": {"push_period_s": 1.0}})
+    m.start()
+    try:
+        def routed() -> dict[str, Any] | None:
+            plan = ray.get(m.controller.plan.remote(), timeout=60)
+            shares = [x for x in plan.get("mesh", []) if x["job"] == "web"] if plan else []
+            return plan if shares else None
+
+        plan = wait_for(routed, 120, "a plan with a mesh share for web")
+        assert sum(x["rate_limit_rps"] for x in plan["mesh"] if x["job"] == "web") >= 500.0, plan
+        caps = {n.node_id: n.capacity for n in ray.get(m.controller.status.remote(), timeout=60).nodes}
+        assert caps[a].get("mesh") == preset("bluefield2").admission_rps, caps
+        assert caps[b].get("pim_cores") == PRESETS["pimcloud"].total_pim_cores, caps
+        assert "pim_cores" not in caps[a] and "mesh" not in caps[b], caps
+        agent = ray.get_actor(agent_name(a), namespace=ns)
+
+        def served() -> collections.Counter[int] | None:
+            d = ray.get(agent.device_info.remote(), timeout=60)
+            commit = d.get("mesh", {}).get("last_commit")
+            if not (commit and commit["ok"]):
+                return None
+            http = MeshHttpClient(d["mesh"]["listener"])
+            try:
+                codes = collections.Counter(http.get("web").status for _ in range(20))
+            finally:
+                http.close()
+            return codes if codes[200] == 20 else None
+
+        wait_for(served, 120, "web served through node A's Envoy")
+    finally:
+        m.stop()
