@@ -10,6 +10,7 @@ import pytest
 
 from cluster_mgr.scenario import ScenarioError, load_scenario
 from cluster_mgr.scenario.loads import LoadSpec
+from dpu_agent.device import preset
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -167,7 +168,7 @@ workload = { service_ms = 5, model = "queue" }
     sc = load_scenario(write(tmp_path, text))
     assert [n.node_id for n in sc.nodes] == ["big", "node-0", "node-1"]
     assert sc.nodes[0].capacity.pim_cores == 32  # 4 stacks x 8 cores (override of the preset)
-    assert sc.nodes[1].capacity.mesh == 16 * 40_000
+    assert sc.nodes[1].capacity.mesh == preset("bluefield3").admission_rps  # the device emulator's BlueField-3
     assert [(e.time_s, e.action) for e in sc.events] == [(10, "fail"), (30, "return")]
 
 
