@@ -115,6 +115,12 @@ def agent(token: str) -> Iterator[AgentHandle]:
         h.stop()
 
 
+#: A request counts as delayed by a fault of D ms when it took at least D / 2: Envoy's timer may
+#: fire a little before D and a loaded machine slows an undelayed request (about 1 ms here),
+#: but neither comes near half the delay.
+DELAYED_FRACTION = 0.5
+
+
 def _median_ms(http: MeshHttpClient, n: int) -> float:
     replies = [http.get("web") for _ in range(n)]
     assert all(r.status == 200 for r in replies), [r.status for r in replies]
@@ -132,16 +138,16 @@ def test_envoy_delays_the_route_and_a_bad_fault_is_nacked(echo: EchoService, age
         before = _median_ms(http, 5)
         assert client.push(routed(echo.port, cfg.Fault("net", 150)), "slow").ack
         # Envoy holds every request of the route for the fixed delay, and counts it
-        assert _median_ms(http, 5) >= 150.0
+        assert _median_ms(http, 5) >= 150.0 * DELAYED_FRACTION
         assert agent.envoy.stats(f"^{FAULT_DELAYS}$")[0][FAULT_DELAYS] >= 5
         # a bad fault is refused by our validation; the last good version (with its delay) stays
         r = client.push(routed(echo.port, cfg.Fault("net", 0)), "bad")
         assert not r.ack and r.code == 3 and "delay_ms" in r.reason and r.version == "slow"
-        assert _median_ms(http, 3) >= 150.0
+        assert _median_ms(http, 3) >= 150.0 * DELAYED_FRACTION
         # removing it: the delay is gone and no more delays are injected
         assert client.push(routed(echo.port), "plain2").ack
         n = agent.envoy.stats(f"^{FAULT_DELAYS}$")[0][FAULT_DELAYS]
-        assert before < 150.0 and _median_ms(http, 5) < 150.0
+        assert before < 150.0 * DELAYED_FRACTION and _median_ms(http, 5) < 150.0 * DELAYED_FRACTION
         assert agent.envoy.stats(f"^{FAULT_DELAYS}$")[0][FAULT_DELAYS] == n
     finally:
         http.close()
@@ -185,17 +191,17 @@ def test_mesh_participant_keeps_a_fault_across_plans_until_it_is_removed(echo: E
         assert mp.version == "e1" and mp.faults() == {}
         fault = mesh_fault("web", 120, node_id="n1")
         assert fault.name == "fault.web" and mp.version == "e1.n1" and fault.prepare(plan(2), "n1") is None
-        assert _median_ms(http, 3) >= 120.0
+        assert _median_ms(http, 3) >= 120.0 * DELAYED_FRACTION
         assert mp.prepare(plan(2), "n1") is None
         mp.commit(2)  # a new plan re-pushes the shares with the fault in force
-        assert mp.version == "e2" and _median_ms(http, 3) >= 120.0
+        assert mp.version == "e2" and _median_ms(http, 3) >= 120.0 * DELAYED_FRACTION
         mp.telemetry(0.0)
         _median_ms(http, 2)
         x = next(w for w in mp.telemetry(1.0) if w.job == "web").extras
         assert x["mesh.fault_delay_ms"] == 120.0 and x["mesh.fault_percent"] == 100.0
         assert x["mesh.fault_delays_injected"] >= 2
         fault.close()
-        assert mp.faults() == {} and _median_ms(http, 3) < 120.0
+        assert mp.faults() == {} and _median_ms(http, 3) < 120.0 * DELAYED_FRACTION
         with pytest.raises(ValueError, match="no mesh participant"):
             mesh_fault("web", 10, node_id="elsewhere")
     finally:
