@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
+import psutil
 import ray
 from ray.cluster_utils import Cluster
 
@@ -40,8 +41,34 @@ def multi_node_cluster(namespace: str, node_cpus: int, workers: int = 3) -> Iter
     try:
         yield c, nodes
     finally:
-        ray.shutdown()
+        shutdown_cluster(c)
+
+
+def shutdown_cluster(c: Cluster | None = None, timeout_s: float = 60.0) -> None:
+    """Disconnect, shut ``c`` down (or the local instance ``ray.init`` started), and wait until
+    every Ray process this test process started has exited.
+
+    Ray's shutdown stops the raylets and GCS; their workers (agents, replicas) notice and exit on
+    their own, seconds later. On two cores, a next module's cluster starting while a few dozen
+    workers still exit can miss Ray's 30 s raylet start-up deadline; waiting here makes each
+    module start on a quiet machine, and leaves no Ray process behind."""
+    mine = [p for p in psutil.Process().children(recursive=True) if _is_ray(p)]
+    ray.shutdown()
+    if c is not None:
         c.shutdown()
+    _, alive = psutil.wait_procs(mine, timeout=timeout_s)
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+def _is_ray(p: psutil.Process) -> bool:
+    try:
+        cmd = " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return "ray" in cmd
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:

@@ -21,6 +21,7 @@ from actors.names import agent_name  # noqa: E402
 from cluster_mgr.runtime.ray_backend import RayManager  # noqa: E402
 from cluster_mgr.settings import ManagerConfig  # noqa: E402
 from cluster_mgr.store import RunLog  # noqa: E402
+from tests.ray.ray_cluster import shutdown_cluster  # noqa: E402
 from tests.ray.test_ray_backend import JOBS, NODE_CPUS, STORE, converged, replicas_by_node, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -46,8 +47,7 @@ def manager(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield m
     finally:
         m.stop()
-        ray.shutdown()
-        c.shutdown()
+        shutdown_cluster(c)
 
 
 def logged(m: RayManager) -> tuple[int, int, set[str]]:

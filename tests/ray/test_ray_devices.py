@@ -40,6 +40,7 @@ from cluster_mgr.model import (  # noqa: E402
 from cluster_mgr.place_devices import PimNode, device_parts  # noqa: E402
 from cluster_mgr.settings import DeviceOptions  # noqa: E402
 from dpu_agent.envoy_process import find_envoy  # noqa: E402
+from tests.ray.ray_cluster import shutdown_cluster  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 
 pytestmark = [
@@ -131,8 +132,7 @@ def cluster() -> Iterator[list[str]]:
         assert len(nodes) == 2
         yield nodes  # [head, worker]
     finally:
-        ray.shutdown()
-        c.shutdown()
+        shutdown_cluster(c)
 
 
 def host(node_id: str, options: dict[str, Any], services: tuple[str, ...] = ()) -> Any:

@@ -26,7 +26,11 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("sklearn")
 
 from actors.names import CONTROLLER, agent_name  # noqa: E402
-from tests.ray.ray_cluster import STORE, wait_for  # noqa: E402
+from tests.ray.ray_cluster import (  # noqa: E402
+    STORE,
+    shutdown_cluster,  # noqa: E402
+    wait_for,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -80,7 +84,7 @@ def env() -> Iterator[dict[str, Any]]:
         yield {"node": node, "agent": agent, "sink": sink}
         ray.get(agent.shutdown.remote(), timeout=120)
     finally:
-        ray.shutdown()
+        shutdown_cluster()
 
 
 def desired(knob: str) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from cluster_mgr.runtime.ray_backend import RayManager  # noqa: E402
 from cluster_mgr.runtime.surge import agents_of, run_surge  # noqa: E402
 from cluster_mgr.settings import ManagerConfig  # noqa: E402
 from cluster_mgr.store import RunLog  # noqa: E402
+from tests.ray.ray_cluster import shutdown_cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -66,8 +67,7 @@ def cluster() -> Iterator[Cluster]:
         c.wait_for_nodes()
         yield c
     finally:
-        ray.shutdown()
-        c.shutdown()
+        shutdown_cluster(c)
 
 
 @pytest.fixture(scope="module")
