@@ -33,7 +33,9 @@ from tests.ray.test_ray_backend import (  # noqa: E402
     replicas_by_node,
 )
 
-pytestmark = pytest.mark.ray
+# Fault-heavy (kills agents, the controller and nodes of a 4-node cluster): in the slow suite,
+# `pytest -m slow tests/ray/test_ray_faults.py`.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 NS = "cm-faults"
 PARTICIPANTS = "tests.ray.plan_participants"
