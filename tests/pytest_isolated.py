@@ -1,4 +1,4 @@
-"""The fast suite, as README's test command runs it: ``.venv/bin/python -m tests.run [pytest args]``.
+"""The fast suite, as README's test command runs it: ``.venv/bin/python -m tests.pytest_isolated [pytest args]``.
 
 pytest runs everything outside tests/ray in one process, then each Ray integration module in
 a fresh interpreter of its own. A pytest process that has started and stopped several Ray
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         if code not in (0, NO_TESTS_COLLECTED):
             failed.append((" ".join(args), code))
     for what, code in failed:
-        print(f"tests.run: pytest {what} exited with {code}", file=sys.stderr)
+        print(f"tests.pytest_isolated: pytest {what} exited with {code}", file=sys.stderr)
     return 1 if failed else 0
 
 
