@@ -78,6 +78,11 @@ class Snapshot:
         # Cached: the snapshot is frozen, and summing 1,000 nodes' vectors is not free.
         return sum_vectors(n.capacity for n in self.nodes if n.schedulable)
 
+    @cached_property
+    def _job_names(self) -> tuple[str, ...]:
+        # Cached: every policy's allocation is keyed by them, 1,000 jobs per round.
+        return tuple(j.name for j in self.jobs)
+
     def job(self, name: str) -> JobSpec:
         for j in self.jobs:
             if j.name == name:
@@ -86,7 +91,8 @@ class Snapshot:
 
     def allocation(self, amounts: Mapping[str, ResourceVector], policy: str) -> Allocation:
         """Wrap amounts for every job of the snapshot (absent jobs get zero)."""
-        full = {j.name: amounts.get(j.name, ZERO) for j in self.jobs}
+        get = amounts.get
+        full = {n: get(n, ZERO) for n in self._job_names}
         return Allocation(
             amounts=full, round=self.round, epoch=self.epoch, time=self.time, policy=policy
         )

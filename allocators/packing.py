@@ -13,22 +13,35 @@ error, not a plan.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 
 import numpy as np
 
 from cluster_mgr.model import (
     CPU_QUANTUM,
     RESOURCE_KINDS,
+    RV_SETTERS,
+    SHARE_SETTERS,
     ZERO,
     Allocation,
     JobSpec,
     NodeInfo,
     NodeShare,
     ResourceVector,
+    unchecked_share,
+    unchecked_vector,
 )
+
+_FIRST = itemgetter(0)
+_WHOLE = 1.0 - 1e-9  # the need of a whole job (left = 1.0)
+_SECOND = itemgetter(1)
+_PINS = attrgetter("pins")
+_CPU = attrgetter("cpu")
+_NOT_CPU = attrgetter("memory", "gpu", "pim_cores", "mesh", "custom")
+_JOB = attrgetter("job")
 
 
 class PackingError(ValueError):
@@ -161,7 +174,9 @@ def pack(
                 node = int(allowed[pos])
                 take = _quantized(float(rooms[pos]), amount, left)
                 if take <= 0:
-                    raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
+                    raise _no_room(
+                        name, amount, left, usable[node].node_id, _vector(kinds, free[:, node])
+                    )
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
@@ -172,12 +187,6 @@ def pack(
     return PackResult(shares=_shares(placed, amounts, spec, usable), moves=moves)
 
 
-def _cpu_only(v: ResourceVector) -> bool:
-    return (
-        v.memory == 0.0 and v.gpu == 0.0 and v.pim_cores == 0.0 and v.mesh == 0.0 and not v.custom
-    )
-
-
 def _pack_cpu_fresh(
     allocation: Allocation, spec: Mapping[str, JobSpec], usable: Sequence[NodeInfo]
 ) -> PackResult | None:
@@ -185,41 +194,181 @@ def _pack_cpu_fresh(
     placed before. The same best-fit decisions as the general path below (same order, same
     ties, same float arithmetic), without its per-job array work (most of a 1,000-job pack).
     None when the allocation is not of that kind."""
-    todo = []
-    for name, amount in allocation.amounts.items():
-        job = spec.get(name)
-        if job is None or job.pins or not _cpu_only(amount):
-            return None
-        cpu = amount.cpu
-        if cpu < -1e-9:
-            return None  # the general path names the error
-        if cpu > 1e-9:
-            todo.append((-cpu, name, amount))
-    todo.sort(key=lambda t: (t[0], t[1]))  # biggest first, then by name
-    free = [n.capacity.cpu for n in usable]
-    items = sorted(zip(free, range(len(free)), strict=True))
-    placed: dict[tuple[str, int], float] = {}
+    # The checks as C-level passes over all jobs (a Python loop of them per job was a tenth
+    # of the pack); any failing one sends the allocation down the general path.
+    amounts = allocation.amounts
+    if not amounts.keys() <= spec.keys():
+        return None  # an unknown job: the general path names it
+    names = list(amounts)
+    vectors = list(amounts.values())
+    jobs = list(map(spec.__getitem__, names))
+    distinct = list(dict(zip(map(id, vectors), vectors, strict=True)).values())  # shared vectors
+    if any(map(_PINS, jobs)) or any(map(any, map(_NOT_CPU, distinct))):
+        return None  # pinned, or an amount of another kind (amounts are floats: truth is != 0)
+    cpus = list(map(_CPU, vectors))
+    if (np.array(cpus, dtype=float) < -1e-9).any():
+        return None  # a negative amount: the general path names the error
+    todo = [t for t in zip([-c for c in cpus], names, vectors, jobs, strict=True) if t[0] < -1e-9]
+    # biggest first, then by name: two stable sorts on plain keys (names are unique)
+    todo.sort(key=_SECOND)
+    todo.sort(key=_FIRST)
+    ids = [n.node_id for n in usable]
+    if len(set(ids)) != len(ids):
+        return None  # repeated node ids: the general path orders their shares
+    # The nodes by (free CPU, node) ascending, as two parallel lists: bisecting floats is
+    # several times cheaper than bisecting (free, node) tuples. Equal free CPU keeps nodes
+    # ascending, so (free, node) order is found by a bisection on each list.
+    caps = [n.capacity.cpu for n in usable]
+    order = sorted(range(len(caps)), key=caps.__getitem__)  # stable: equal CPU by node
+    frees = list(map(caps.__getitem__, order))
+    size = len(frees)
+    insert_free, insert_node = frees.insert, order.insert
+    # Every share and split vector is built here: slot setters, no calls in between
+    new_object = object.__new__
+    set_cpu, set_memory, set_gpu, set_pim, set_mesh, set_custom = RV_SETTERS
+    set_node, set_job, set_replicas, set_resources = SHARE_SETTERS
+    buckets: list[list[NodeShare] | None] = [None] * size  # node -> its shares
+    # (amount id, fraction) -> piece; the amounts live in ``allocation`` meanwhile
+    scaled: dict[tuple[int, float], ResourceVector] = {}
+    ceil = math.ceil
     moves = 0
-    for neg, name, amount in todo:
+    for neg, name, amount, job in todo:
         cpu = -neg
-        left = 1.0
-        while left > 1e-9:
-            node, take = _best_fit(items, cpu, amount, left)
-            if take <= 0:
-                return None  # the general path raises the detailed PackingError
-            if (name, node) not in placed:
-                moves += 1
-                placed[(name, node)] = take
+        # Most jobs go whole to one node: that first search (left = 1.0) before the piece by
+        # piece loop, which repeats it for the others (same search, same answer).
+        k = bisect_left(frees, _WHOLE * cpu)
+        while k < size and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < _WHOLE:
+            k += 1
+        if k < size:
+            old = frees[k]
+            node = order[k]
+            new = old - cpu  # cpu * 1.0
+            if old != new:  # new < old: the node moves down, below k
+                del frees[k]
+                del order[k]
+                lo = bisect_left(frees, new, 0, k)
+                if lo < k and frees[lo] == new:  # equal free CPU: by node
+                    lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
+                insert_free(lo, new)
+                insert_node(lo, node)
+            pieces: Sequence[tuple[int, float]] = ((node, 1.0),)
+        else:
+            pieces = _pieces(cpu, frees, order)
+            if pieces is None:
+                return None  # does not fit: the general path raises the detailed PackingError
+        # fresh: every node a job got is one where it had no replica before
+        moves += len(pieces)
+        replica_cpus = job.replica_cpus
+        for node, frac in pieces:
+            if frac >= 1.0 - 1e-12:
+                res = amount
+                share_cpu = cpu
             else:
-                placed[(name, node)] += take
-            old = free[node]
-            new = old - cpu * take
-            free[node] = new
-            left = max(left - take, 0.0)
-            if old != new:
-                del items[bisect_left(items, (old, node))]
-                insort(items, (new, node))
-    return PackResult(shares=_shares(placed, allocation.amounts, spec, usable), moves=moves)
+                share_cpu = cpu * frac
+                # Equal pieces of one amount (object) share one vector: pieces repeat (the
+                # same sizes split the same way), and vectors are immutable.
+                res = scaled.get((id(amount), frac))
+                if res is None:
+                    # _scaled(amount, frac) inlined: the other kinds are +-0.0, which a
+                    # positive frac leaves as they are
+                    res = scaled[(id(amount), frac)] = new_object(ResourceVector)
+                    set_cpu(res, share_cpu)
+                    set_memory(res, amount.memory)
+                    set_gpu(res, amount.gpu)
+                    set_pim(res, amount.pim_cores)
+                    set_mesh(res, amount.mesh)
+                    set_custom(res, ())
+            # replica_count(share_cpu, replica_cpus) or 1, inlined (a call per share)
+            if share_cpu <= 1e-9:
+                replicas = 1
+            else:
+                replicas = ceil(share_cpu / replica_cpus - 1e-9)
+                if replicas < 1:
+                    replicas = 1
+            # unchecked_share inlined (NodeShare by its slot setters)
+            share = new_object(NodeShare)
+            set_node(share, ids[node])
+            set_job(share, name)
+            set_replicas(share, replicas)
+            set_resources(share, res)
+            bucket = buckets[node]
+            if bucket is None:
+                buckets[node] = [share]
+            else:
+                bucket.append(share)
+    # (node id, job) order, as _shares gives: nodes by id, then each node's few jobs by name
+    shares: list[NodeShare] = []
+    for node in sorted(range(size), key=ids.__getitem__):
+        bucket = buckets[node]
+        if bucket is not None:
+            if len(bucket) > 1:
+                bucket.sort(key=_JOB)  # one share per (job, node): no ties
+            shares.extend(bucket)
+    return PackResult(shares=tuple(shares), moves=moves)
+
+
+def _pieces(cpu: float, frees: list[float], order: list[int]) -> list[tuple[int, float]] | None:
+    """(node, fraction) pieces of a CPU-only job of ``cpu`` > 0, from ``frees`` (free CPU,
+    ascending) and ``order`` (the node of each, ascending among equal free CPU), both updated
+    in place; a node's pieces added up. The same best fit as ``_best_fit``: the tightest node
+    that takes the rest whole, else the roomiest node's whole CPU quanta. None when a piece
+    does not fit."""
+    size = len(frees)
+    left = 1.0
+    pieces: list[tuple[int, float]] = []  # as placed
+    while left > 1e-9:
+        # _best_fit, inlined: rooms are free/cpu, the tightest whole fit is the first node at
+        # or above the need (max(f, 0.0) written out)
+        need = left - 1e-9
+        k = bisect_left(frees, need * cpu)
+        while k < size and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < need:
+            k += 1
+        if k < size:
+            take = left
+        else:
+            if not size:
+                return None
+            top = frees[-1]
+            k = bisect_left(frees, top)  # the first of the roomiest
+            take = _quantized_cpu((0.0 if top < 0.0 else top) / cpu, cpu, left)
+            if take <= 0:
+                return None
+        old = frees[k]
+        node = order[k]
+        pieces.append((node, take))
+        new = old - cpu * take
+        left -= take
+        if left < 0.0:  # max(left, 0.0) without the call (-0.0 stays, as there)
+            left = 0.0
+        if old != new:  # new < old: the node moves down, below k
+            del frees[k]
+            del order[k]
+            lo = bisect_left(frees, new, 0, k)
+            if lo < k and frees[lo] == new:  # equal free CPU: by node
+                lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
+            frees.insert(lo, new)
+            order.insert(lo, node)
+    if len(pieces) > 1:  # a node's pieces of one job add up, in the order placed
+        parts: dict[int, float] = {}
+        for node, take in pieces:
+            parts[node] = parts.get(node, 0.0) + take  # 0.0 + take is take exactly
+        pieces = list(parts.items())
+    return pieces
+
+
+def _replicas(cpu: float, replica_cpus: float) -> int:
+    """``replica_count(cpu, replica_cpus) or 1``: a share always holds a replica."""
+    if cpu <= 1e-9:
+        return 1
+    return max(1, math.ceil(cpu / replica_cpus - 1e-9))
+
+
+def _quantized_cpu(frac: float, cpu: float, left: float) -> float:
+    """``_quantized`` for a CPU-only amount of ``cpu`` > 0 (no PIM cores): CPU quanta."""
+    if frac >= left - 1e-9:
+        return left
+    quanta = math.floor(frac * cpu / CPU_QUANTUM + 1e-9) * CPU_QUANTUM
+    return quanta / cpu if quanta > 0 else 0.0
 
 
 def _shares(
@@ -228,10 +377,34 @@ def _shares(
     spec: Mapping[str, JobSpec],
     usable: Sequence[NodeInfo],
 ) -> tuple[NodeShare, ...]:
+    """The shares in (node id, job) order; a job's equal pieces share one vector."""
+    ids = [n.node_id for n in usable]
+    if len(set(ids)) == len(ids):
+        # Unique ids: bucket the pieces by node and sort the nodes by id, then each node's few
+        # jobs by name: the same order as one sort of every piece, at a fraction of its cost.
+        by_node: dict[int, list[tuple[str, float]]] = {}
+        for (name, node), frac in placed.items():
+            bucket = by_node.get(node)
+            if bucket is None:
+                by_node[node] = [(name, frac)]
+            else:
+                bucket.append((name, frac))
+        ordered: list[tuple[int, str, float]] = []
+        for node in sorted(by_node, key=ids.__getitem__):
+            bucket = by_node[node]
+            if len(bucket) > 1:
+                bucket.sort(key=_FIRST)  # (job, node) keys are unique: no ties
+            ordered.extend((node, name, frac) for name, frac in bucket)
+    else:  # a repeated node id: one sort (stable, as placed) keeps the old order exactly
+        ordered = [
+            (node, name, frac)
+            for (name, node), frac in sorted(
+                placed.items(), key=lambda kv: (ids[kv[0][1]], kv[0][0])
+            )
+        ]
     shares = []
     pieces: dict[tuple[str, float], ResourceVector] = {}  # a job's equal pieces share one vector
-    ids = [n.node_id for n in usable]
-    for (name, node), frac in sorted(placed.items(), key=lambda kv: (ids[kv[0][1]], kv[0][0])):
+    for node, name, frac in ordered:
         if frac >= 1.0 - 1e-12:
             res = amounts[name]
         else:
@@ -239,7 +412,7 @@ def _shares(
             if res is None:
                 res = pieces[(name, frac)] = _scaled(amounts[name], frac)
         shares.append(
-            NodeShare(ids[node], name, replica_count(res.cpu, spec[name].replica_cpus) or 1, res)
+            unchecked_share(ids[node], name, _replicas(res.cpu, spec[name].replica_cpus), res)
         )
     return tuple(shares)
 
@@ -281,7 +454,9 @@ class _FreeOrder:
             items = self.items
             node, take = _best_fit(items, cpu, amount, left)
             if take <= 0:
-                raise _no_room(name, amount, left, usable[node].node_id, _vector(kinds, free[:, node]))
+                raise _no_room(
+                    name, amount, left, usable[node].node_id, _vector(kinds, free[:, node])
+                )
             if placed.get((name, node), 0.0) == 0.0 and prev.get(node, 0.0) == 0.0:
                 moves += 1
             left = _put(name, node, take, vec, free, placed, left)
@@ -309,11 +484,14 @@ def _best_fit(
 def _scaled(v: ResourceVector, frac: float) -> ResourceVector:
     """``v.scale(frac)`` without re-validating: ``v`` is valid and ``0 <= frac <= 1`` keeps every
     amount finite (packing builds one per split share: thousands at 10,000 nodes)."""
-    out = object.__new__(ResourceVector)
-    for k in RESOURCE_KINDS:
-        object.__setattr__(out, k, getattr(v, k) * frac)
-    object.__setattr__(out, "custom", tuple((k, x * frac) for k, x in v.custom))
-    return out
+    return unchecked_vector(
+        v.cpu * frac,
+        v.memory * frac,
+        v.gpu * frac,
+        v.pim_cores * frac,
+        v.mesh * frac,
+        tuple((k, x * frac) for k, x in v.custom) if v.custom else (),
+    )
 
 
 def _rooms(free: np.ndarray, vec: np.ndarray, need: np.ndarray) -> np.ndarray:
@@ -329,7 +507,9 @@ def _vector(kinds: Sequence[str], values: np.ndarray) -> ResourceVector:
     return ResourceVector.from_dict(dict(zip(kinds, (float(v) for v in values), strict=True)))
 
 
-def _no_room(name: str, amount: ResourceVector, left: float, node_id: str, free: ResourceVector) -> PackingError:
+def _no_room(
+    name: str, amount: ResourceVector, left: float, node_id: str, free: ResourceVector
+) -> PackingError:
     return PackingError(
         f"job {name!r}: {_fmt(amount.scale(left))} of its {_fmt(amount)} fits on "
         f"no allowed node (most room: {node_id} with {_fmt(free)})",

@@ -157,38 +157,70 @@ class UtilityGrid:
         return inv_b, dT, dU, rows * len(self.T), rows * (len(self.T) - 1)
 
 
+Query = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def query_bounds(
     models: Sequence[PerformanceModel], X: np.ndarray, loads: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lcb, mean, ucb) of ``models[i]`` at allocations ``X[i]`` (shape (n, m)), each (n, m).
 
-    The one bound-query path of every model-driven policy, baseline and oracle.
-    Models of a type that offers ``bounds_batch(models, alloc, load)`` (alloc of
-    shape (k, m), load (k,), returning three (k, m) arrays) are served by one
-    vectorized call per type, all jobs at once (a learner bank over one shared
-    store, ground-truth curves); any other model by one ``bounds`` call per job.
+    The one bound-query path of every model-driven policy, baseline and oracle
+    (``prepare_query`` once, then one call per batch).
     """
-    n, m = X.shape
+    return prepare_query(models, loads)(X)
+
+
+def prepare_query(models: Sequence[PerformanceModel], loads: np.ndarray) -> Query:
+    """The bound query of these models at these loads, as one function of the allocations.
+
+    Models of a type that offers ``prepare_batch(models, load)`` (returning a
+    function of alloc (k, m) to three (k, m) arrays) or ``bounds_batch(models,
+    alloc, load)`` are served by one vectorized call per type, all jobs at once
+    (a learner bank over one shared store, ground-truth curves); any other model
+    by one ``bounds`` call per job. Preparing reads each model's parameters once,
+    so a solver querying the same jobs many times per decision pays that once.
+    A prepared query is for one decision: a learner that learns afterwards needs
+    a new one.
+    """
+    n = len(models)
+    models = models if isinstance(models, list) else list(models)
+    loads = np.asarray(loads, dtype=float)
     first = type(models[0]) if n else None
-    batch = getattr(first, "bounds_batch", None)
-    if n > 1 and batch is not None and len(set(map(type, models))) == 1:
+    if n > 1 and len(set(map(type, models))) == 1:
         # One type for every job (the common case: one learner bank, or the truth): its
         # arrays are the answer, without a scatter into a fresh (3, n, m) buffer.
-        res = batch(models if isinstance(models, list) else list(models), X, loads)
-        return _checked(res, (n, m))
-    out = np.empty((3, n, m))
+        prep = getattr(first, "prepare_batch", None)
+        if prep is not None:
+            fn = prep(models, loads)
+            return lambda X: _checked(fn(X), np.shape(X))
+        batch = getattr(first, "bounds_batch", None)
+        if batch is not None:
+            return lambda X: _checked(batch(models, X, loads), np.shape(X))
     by_type: dict[type, list[int]] = {}
     for i, model in enumerate(models):
         by_type.setdefault(type(model), []).append(i)
-    for cls, idx in by_type.items():
-        batch = getattr(cls, "bounds_batch", None)
-        if batch is not None and len(idx) > 1:
+    parts: list[tuple[np.ndarray, Query]] = []
+    singles: list[int] = []
+    for idx in by_type.values():
+        if len(idx) > 1 and (
+            hasattr(type(models[idx[0]]), "prepare_batch")
+            or hasattr(type(models[idx[0]]), "bounds_batch")
+        ):
             ix = np.asarray(idx)
-            res = batch([models[i] for i in idx], X[ix], loads[ix])
+            parts.append((ix, prepare_query([models[i] for i in idx], loads[ix])))
+        else:
+            singles.extend(idx)
+
+    def query(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X = np.asarray(X, dtype=float)
+        m = X.shape[1]
+        out = np.empty((3, n, m))
+        for ix, fn in parts:
+            res = fn(X[ix])
             for s in range(3):
                 out[s, ix] = res[s]
-            continue
-        for i in idx:
+        for i in singles:
             res = models[i].bounds(X[i], float(loads[i]))
             for s in range(3):
                 r = np.asarray(res[s], dtype=float)
@@ -197,11 +229,13 @@ def query_bounds(
                         f"model bounds returned shape {r.shape} for {(m,)} allocations"
                     )
                 out[s, i] = r
-    return out[0], out[1], out[2]
+        return out[0], out[1], out[2]
+
+    return query
 
 
 def _checked(
-    res: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int]
+    res: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out = tuple(np.asarray(r, dtype=float) for r in res)
     for r in out:
@@ -232,11 +266,15 @@ class GridBuilder:
         transform: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         monotone: bool = True,
         tiebreak: float = 0.0,
+        saturate: Side | None = None,
     ) -> None:
         self.p = problem
         self.tiebreak = tiebreak
         self.models = models
         self.side = SIDE_INDEX[side]
+        # Which bound must reach a job's reward threshold before the upper bound may claim
+        # it (utility 1, the SLO met); None: the side's own bound claims it.
+        self.saturate = SIDE_INDEX[saturate] if saturate and side == "upper" else None
         self.transform = transform
         self.monotone = monotone
         self._fair = problem.fair_share() if any(n not in models for n in problem.names) else None
@@ -252,14 +290,36 @@ class GridBuilder:
         self.last_mean: np.ndarray | None = None
         self._all = [models[n] for n in problem.names] if self._with.all() else None
         self._rows = np.arange(problem.n)
+        self._prepared: Query | None = None
+
+    def _bank_query(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every job's bounds at X (n, m), through a query prepared once per builder."""
+        if self._prepared is None:
+            assert self._all is not None
+            self._prepared = prepare_query(self._all, self.p.loads)
+        return self._prepared(X)
 
     def _models_of(self, rows: np.ndarray) -> list[PerformanceModel]:
         if self._all is not None and len(rows) == self.p.n and (rows == self._rows).all():
             return self._all  # the whole bank, listed once per builder (1,000 dict lookups)
         return [self.models[self.p.names[i]] for i in rows]
 
+    def _claimed(
+        self, b: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
+    ) -> np.ndarray:
+        """The reward the solver sees: the side's bound, or with ``saturate``, the upper
+        bound with its optimism kept for the gains below the threshold (``below_threshold``).
+        Jobs with their own objective read the bound as it is."""
+        if self.saturate is None:
+            return b[self.side]
+        R = below_threshold(b[self.side], b[self.saturate], self._thr[rows, None])
+        if self._custom:
+            own = np.isin(rows, [i for i, _ in self._custom])
+            R[own] = b[self.side][own]
+        return R
+
     def _utility(self, R: np.ndarray, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        u = np.clip(R / self._thr[rows, None], 0.0, 1.0)
+        u = np.minimum(np.maximum(R / self._thr[rows, None], 0.0), 1.0)  # np.clip costs more
         for s in set(self._scaling):
             if s == "linear":
                 continue
@@ -281,8 +341,11 @@ class GridBuilder:
         M: np.ndarray | None = None
         if every and sel.size:
             # Every job has a model: the query's arrays are used as they are (no copies).
-            b = query_bounds(self._models_of(rows), X, self.p.loads[rows])
-            R = b[self.side]
+            if self._all is not None and (rows is self._rows or _is_every(rows, self.p.n)):
+                b = self._bank_query(X)
+            else:
+                b = query_bounds(self._models_of(rows), X, self.p.loads[rows])
+            R = self._claimed(b, rows)
             M = b[1] if keep_mean else None
         else:
             R = np.zeros_like(X)
@@ -290,7 +353,7 @@ class GridBuilder:
             if sel.size:
                 src = rows[sel]
                 b = query_bounds(self._models_of(src), X[sel], self.p.loads[src])
-                R[sel] = b[self.side]
+                R[sel] = self._claimed(b, src)
                 if M is not None:
                     M[sel] = b[1]
         prior = None
@@ -339,8 +402,11 @@ class GridBuilder:
             assert self._fair is not None
             u = np.clip(x / max(float(self._fair[i]), 1e-9), 0.0, 1.0)
         else:
-            reward = model.bounds(x, float(self.p.loads[i]))[self.side]
-            reward = np.asarray(reward, dtype=float)
+            bounds = model.bounds(x, float(self.p.loads[i]))
+            reward = np.asarray(bounds[self.side], dtype=float)
+            if self.saturate is not None and not self.p.jobs[i].utility.objective:
+                ref = np.asarray(bounds[self.saturate], dtype=float)
+                reward = below_threshold(reward, ref, float(self._thr[i]))
             if reward.shape != x.shape:
                 raise PolicyError(
                     f"job {name}: model bounds returned shape {reward.shape} for {x.shape} allocations"
@@ -370,6 +436,28 @@ class GridBuilder:
         """Per-job utilities of a batch of candidate allocations P (batch, n) -> (batch, n),
         by one bounds query at exactly those allocations (no grid, no interpolation)."""
         return self.table(np.ascontiguousarray(np.atleast_2d(P).T)).T
+
+
+def below_threshold(upper: np.ndarray, ref: np.ndarray, thr: np.ndarray | float) -> np.ndarray:
+    """The upper bound's optimism, kept for the gains below a job's reward threshold.
+
+    With bonus = upper - ref, the reward claimed is ref + bonus * (thr - ref) /
+    (thr + bonus) (= thr * upper / (thr + bonus) below the threshold): the
+    bonus shrinks in proportion to what ``ref`` still lacks of the threshold,
+    so the threshold (utility 1: the SLO met) is claimed only where ``ref``
+    (the mean, or the lower bound where an SLO must hold) reaches it, and
+    above it the claim is ``ref`` (utility 1 either way). Where the upper bound
+    reaches the threshold before the mean does, a solver on the plain upper
+    bound stops short: the job's true utility then sits near (thr - band) / thr.
+    Rising in both bounds, equal to them when they agree.
+    """
+    bonus = np.maximum(upper - ref, 0.0)
+    return ref + bonus * np.maximum(thr - ref, 0.0) / (thr + bonus)
+
+
+def _is_every(rows: np.ndarray, n: int) -> bool:
+    """True when ``rows`` lists every job once, in order."""
+    return len(rows) == n and bool((rows == np.arange(n)).all())
 
 
 def _scale(u: np.ndarray, scaling: str) -> np.ndarray:

@@ -83,16 +83,22 @@ class SaturatingModel:
 
 @dataclass(frozen=True)
 class BandModel:
-    """Any model's mean with known confidence offsets: lcb = mean - lower, ucb = mean + upper."""
+    """Any model's mean, shifted by ``error``, with known confidence offsets: mean = base
+    mean + error, lcb = mean - lower, ucb = mean + upper (all clipped to [0, 1]). With
+    ``error`` within [-upper, lower] the band still holds the base's mean; a learner in
+    mid-run offers such a band, its estimate off the truth by some part of its width."""
 
     base: PerformanceModel
     lower: float = 0.05
     upper: float = 0.05
+    error: float = 0.0
 
     def bounds(
         self, alloc: np.ndarray, load: np.ndarray | float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = np.asarray(self.base.bounds(alloc, load)[1], dtype=float)
+        if self.error:
+            m = np.clip(m + self.error, 0.0, 1.0)
         return np.clip(m - self.lower, 0.0, 1.0), m, np.clip(m + self.upper, 0.0, 1.0)
 
     @classmethod
@@ -100,12 +106,30 @@ class BandModel:
         cls, models: Sequence[BandModel], alloc: np.ndarray, load: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Many jobs at once: the bases through ``query_bounds`` (batched where they allow)."""
-        from allocators.problem import query_bounds
+        return cls.prepare_batch(models, load)(alloc)
 
-        m = query_bounds([mod.base for mod in models], alloc, load)[1]
+    @classmethod
+    def prepare_batch(
+        cls, models: Sequence[BandModel], load: np.ndarray
+    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``bounds_batch`` bound to these models: bases prepared and offsets read once."""
+        from allocators.problem import prepare_query
+
+        base = prepare_query([mod.base for mod in models], np.asarray(load, dtype=float))
         lo = np.array([mod.lower for mod in models], dtype=float)[:, None]
         up = np.array([mod.upper for mod in models], dtype=float)[:, None]
-        return np.clip(m - lo, 0.0, 1.0), m, np.clip(m + up, 0.0, 1.0)
+        err = np.array([mod.error for mod in models], dtype=float)[:, None]
+        shifted = bool(err.any())
+
+        def query(alloc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            m = base(np.asarray(alloc, dtype=float))[1]
+            if shifted:
+                m = np.minimum(np.maximum(m + err, 0.0), 1.0)
+            # As np.clip to [0, 1], without its call overhead (the solvers query often).
+            lcb = np.minimum(np.maximum(m - lo, 0.0), 1.0)
+            return lcb, m, np.minimum(np.maximum(m + up, 0.0), 1.0)
+
+        return query
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ replicas) and by oracles, which see the truth through the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,20 +94,48 @@ class RewardCurve:
         One numpy evaluation per family instead of one Python call per curve, so an
         oracle over 1,000 jobs costs what a learner bank's batched query costs.
         """
-        alloc = np.asarray(alloc, dtype=float)
+        return cls.prepare_batch(curves, load)(alloc)
+
+    @classmethod
+    def prepare_batch(
+        cls, curves: list[RewardCurve], load: np.ndarray
+    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``bounds_batch`` bound to these curves and loads: the per-curve reading (family,
+        coefficient, bias) is done once, so each later batch is only the arithmetic.
+        A solver that queries the same jobs many times per decision prepares once."""
         load = np.maximum(np.asarray(load, dtype=float), 1e-9)
-        out = np.empty_like(alloc)
         families: dict[str, list[int]] = {}
         for i, c in enumerate(curves):
             families.setdefault(c.family, []).append(i)
+        groups = []
         for family, idx in families.items():
-            ix = np.asarray(idx)
+            # k and load kept apart: k * alloc / load, the same arithmetic as ``mean``.
             k = np.array([curves[i].k for i in idx])
             bias = np.array(
-                [curves[i].bias if curves[i].bias is not None else DEFAULT_BIAS.get(family, 0.0) for i in idx]
+                [
+                    DEFAULT_BIAS.get(family, 0.0) if curves[i].bias is None else curves[i].bias
+                    for i in idx
+                ]
             )
-            out[ix] = mu(family, k[:, None] * alloc[ix] / load[ix, None], bias[:, None])
-        return out, out, out
+            ix = np.asarray(idx)
+            groups.append((family, ix, k[:, None], load[ix, None], bias[:, None]))
+        if len(groups) == 1:  # one family: no scatter into a fresh buffer
+            family, _, k1, load1, bias1 = groups[0]
+
+            def one(alloc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                out = mu(family, k1 * np.asarray(alloc, dtype=float) / load1, bias1)
+                return out, out, out
+
+            return one
+
+        def query(alloc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            alloc = np.asarray(alloc, dtype=float)
+            out = np.empty_like(alloc)
+            for family, ix, kf, ld, bias in groups:
+                out[ix] = mu(family, kf * alloc[ix] / ld, bias)
+            return out, out, out
+
+        return query
 
     def sample(
         self,

@@ -150,6 +150,36 @@ class ResourceVector:
 
 ZERO = ResourceVector()
 
+# Trusted construction for internal hot paths (packing, allocations of 1,000 jobs): the slot
+# setters skip the frozen dataclass's checks and its per-field object.__setattr__ calls.
+# RV_SETTERS: cpu, memory, gpu, pim_cores, mesh, custom (a loop may bind them locally).
+RV_SETTERS = tuple(ResourceVector.__dict__[k].__set__ for k in (*RESOURCE_KINDS, "custom"))
+
+
+def unchecked_vector(
+    cpu: float,
+    memory: float = 0.0,
+    gpu: float = 0.0,
+    pim_cores: float = 0.0,
+    mesh: float = 0.0,
+    custom: tuple[tuple[str, float], ...] = (),
+) -> ResourceVector:
+    """A ResourceVector built WITHOUT validation, for internal code whose inputs are already valid.
+
+    The caller guarantees finite floats and a ``custom`` as ``ResourceVector`` keeps it (sorted,
+    finite, no built-in kind). User input must go through ``ResourceVector(...)`` or
+    ``from_dict``, which raise ModelError on bad values.
+    """
+    out = object.__new__(ResourceVector)
+    s_cpu, s_memory, s_gpu, s_pim, s_mesh, s_custom = RV_SETTERS
+    s_cpu(out, cpu)
+    s_memory(out, memory)
+    s_gpu(out, gpu)
+    s_pim(out, pim_cores)
+    s_mesh(out, mesh)
+    s_custom(out, custom)
+    return out
+
 
 def quantize_cpu(cpus: float) -> float:
     """Round down to the 0.1-CPU quantum (never hands out more than was decided)."""
@@ -408,6 +438,24 @@ class NodeShare:
     @property
     def cpu_per_replica(self) -> float:
         return self.resources.cpu / self.replicas if self.replicas else 0.0
+
+
+# node_id, job, replicas, resources (a loop may bind them locally)
+SHARE_SETTERS = tuple(
+    NodeShare.__dict__[k].__set__ for k in ("node_id", "job", "replicas", "resources")
+)
+
+
+def unchecked_share(node_id: str, job: str, replicas: int, resources: ResourceVector) -> NodeShare:
+    """``NodeShare(node_id, job, replicas, resources)`` by its slot setters (NodeShare has no checks
+    to skip; its frozen ``__init__`` costs a packing of 1,000 jobs about a millisecond)."""
+    out = object.__new__(NodeShare)
+    s_node, s_job, s_replicas, s_resources = SHARE_SETTERS
+    s_node(out, node_id)
+    s_job(out, job)
+    s_replicas(out, replicas)
+    s_resources(out, resources)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,9 +22,16 @@ from allocators.problem import CpuProblem, cpu_problem
 from allocators.solvers.rounding import quantize, spread
 from allocators.stability import hold_or_move, last_vector
 from allocators.waterfill import waterfill
-from cluster_mgr.model import CPU_QUANTUM, RESOURCE_KINDS, Allocation, ResourceVector
+from cluster_mgr.model import (
+    CPU_QUANTUM,
+    RESOURCE_KINDS,
+    Allocation,
+    ResourceVector,
+    unchecked_vector,
+)
 
 Score = Callable[[np.ndarray], float]
+_MINIMUM = attrgetter("minimum")
 
 
 class CpuPolicy(Policy):
@@ -110,25 +118,47 @@ def to_allocation(snapshot: Snapshot, problem: CpuProblem, x: np.ndarray, name: 
             f"{name}: non-finite amount for {problem.names[int(np.argmin(np.isfinite(x)))]}"
         )
     amounts: dict[str, ResourceVector] = {}
-    if problem.kind in RESOURCE_KINDS:
+    kind = problem.kind
+    if kind in RESOURCE_KINDS:
         # ResourceVector validates every field on construction (~10 us); 1,000 jobs per round
         # made that a sixth of a decision. The minimum is a valid vector and the amount is a
         # finite float, so a copy with one field replaced is valid without re-checking.
-        for job, v in zip(problem.jobs, x.tolist(), strict=True):
-            amounts[job.name] = _replaced(job.minimum, problem.kind, round(v, 9))
+        values = x.tolist()
+        if x.ndim != 1 or np.signbit(x).any():
+            # One vector per job. -0.0 == 0.0 as a dict key would give both signs one vector;
+            # a malformed x fails here exactly as it always did.
+            for job, v in zip(problem.jobs, values, strict=True):
+                amounts[job.name] = _replaced(job.minimum, kind, round(v, 9))
+        else:
+            # Quantized amounts repeat (a few hundred values over 1,000 jobs) and vectors are
+            # immutable, so jobs with the same minimum (object) and amount share one vector;
+            # the per-job work is then C-level zips and dict look-ups.
+            minimums = list(map(_MINIMUM, problem.jobs))
+            ids = set(map(id, minimums))
+            if len(ids) == 1:  # the usual case: one minimum object, the amount is the key
+                minimum = minimums[0]
+                by_value = {v: _replaced(minimum, kind, round(v, 9)) for v in set(values)}
+                vectors = map(by_value.__getitem__, values)
+            else:
+                keys = list(zip(map(id, minimums), values, strict=True))
+                by_key = {
+                    key: _replaced(minimum, kind, round(key[1], 9))
+                    for key, minimum in dict(zip(keys, minimums, strict=True)).items()
+                }
+                vectors = map(by_key.__getitem__, keys)
+            amounts = dict(zip(problem.names, vectors, strict=True))
     else:
         for job, v in zip(problem.jobs, x.tolist(), strict=True):
-            amounts[job.name] = job.minimum.with_amount(problem.kind, round(v, 9))
+            amounts[job.name] = job.minimum.with_amount(kind, round(v, 9))
     return snapshot.allocation(amounts, name)
 
 
 def _replaced(vec: ResourceVector, kind: str, amount: float) -> ResourceVector:
     """``vec`` with the built-in ``kind`` set to ``amount`` (finite), without re-validation."""
-    out = object.__new__(ResourceVector)
-    for k in RESOURCE_KINDS:
-        object.__setattr__(out, k, amount if k == kind else getattr(vec, k))
-    object.__setattr__(out, "custom", vec.custom)
-    return out
+    if kind == "cpu":  # what every CpuPolicy divides: no per-field loop
+        return unchecked_vector(amount, vec.memory, vec.gpu, vec.pim_cores, vec.mesh, vec.custom)
+    values = [amount if k == kind else getattr(vec, k) for k in RESOURCE_KINDS]
+    return unchecked_vector(*values, custom=vec.custom)
 
 
 def pin_limits(problem: CpuProblem, snapshot: Snapshot, x: np.ndarray) -> np.ndarray | None:

@@ -33,6 +33,10 @@ class Egalitarian(CpuPolicy):
     )
     source = "Cilantro (OSDI '23) egalitarian welfare"
     side: Side = "upper"
+    #: The bound that must reach a job's reward threshold before the upper bound may claim
+    #: its SLO met (``problem.below_threshold``): the lower one, as the minimum is the
+    #: objective and a job wrongly read as satisfied is the one that sets it.
+    saturate: Side | None = "lower"
 
     def __init__(self, switching_cost: float = 0.02) -> None:
         super().__init__(switching_cost)
@@ -40,7 +44,7 @@ class Egalitarian(CpuPolicy):
     def solve(
         self, problem: CpuProblem, snapshot: Snapshot, state: PolicyState
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        builder = GridBuilder(problem, snapshot.models, self.side)
+        builder = GridBuilder(problem, snapshot.models, self.side, saturate=self.saturate)
         coarse = builder.coarse()
         _, level = solve_maxmin(coarse, problem.capacity, self.quantum, problem.hi)
         d = ceil_to(
@@ -54,7 +58,7 @@ class Egalitarian(CpuPolicy):
         return x, {"level": float(level)}
 
     def score(self, problem: CpuProblem, snapshot: Snapshot) -> Score | None:
-        builder = GridBuilder(problem, snapshot.models, self.side)
+        builder = GridBuilder(problem, snapshot.models, self.side, saturate=self.saturate)
         grid = builder.coarse()
         # Lexicographic in spirit: the minimum first, mean utility as a small tie-breaker.
         return lambda x: float(grid.value(x).min() + 1e-3 * grid.value(x).mean())

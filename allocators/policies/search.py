@@ -2,10 +2,11 @@
 
 Cilantro (OSDI '23): its learner's upper bounds (whatever interval models the
 snapshot carries; in deployment its interval tree), its evolutionary solver
+(``evolve_cilantro``: its initial set, operators and epochs of 5 mutations)
 with a budget of 2,000-4,000 evaluations (``budget``, default 4,000), and its
 reallocation period (120 s for cluster sharing). The search scores each
-generation by one query of the models at the candidates' own allocations,
-through the same bound-query code (``GridBuilder.table``) as our solver.
+epoch by one query of the models at the candidates' own allocations, through
+the same bound-query code (``GridBuilder.table``) as our solver.
 
 Evolutionary search on observed welfare (Cilantro's EvoAlg baseline): no
 model; each round it scores the allocation in force by the welfare measured
@@ -27,7 +28,7 @@ from allocators.objectives import Objective
 from allocators.policies.engine import CpuPolicy, due, fit, held, signal, start_vector
 from allocators.policies.welfare import resolve_objective
 from allocators.problem import CpuProblem, GridBuilder
-from allocators.solvers.evolutionary import evolve
+from allocators.solvers.evolutionary import evolve_cilantro
 from cluster_mgr.model import utility_from_reward
 
 
@@ -43,16 +44,15 @@ class Cilantro(CpuPolicy):
         self,
         objective: str | Objective = "utilitarian",
         budget: int = 4000,
-        population: int = 40,
         period: float = 120.0,
     ) -> None:
         super().__init__(0.0)
-        if not 1 <= population <= budget:
-            raise ValueError("need 1 <= population <= budget")
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1 evaluation, got {budget}")
         if period < 0:
             raise ValueError("period must be >= 0")
         self.objective = resolve_objective(objective)
-        self.budget, self.population, self.period = budget, population, period
+        self.budget, self.period = budget, period
 
     def solve(
         self, problem: CpuProblem, snapshot: Snapshot, state: PolicyState
@@ -63,7 +63,7 @@ class Cilantro(CpuPolicy):
         obj = self.objective
         transform = obj.values if obj.separable else None
         # Every candidate is scored on the models at its own allocations: one bounds query
-        # per generation (the population's allocations of each job in one call), as Cilantro
+        # per epoch (its candidates' allocations of each job in one call), as Cilantro
         # evaluates its candidates; no precomputed grid.
         builder = GridBuilder(problem, snapshot.models, "upper", transform)
         w = problem.weights
@@ -77,8 +77,8 @@ class Cilantro(CpuPolicy):
                 return obj.welfare(builder.welfare_at(xb), xb, w)
 
         rng = np.random.default_rng([snapshot.seed, snapshot.round])
-        x = evolve(
-            evaluate, problem.lo, problem.hi, w, problem.capacity, rng, self.budget, self.population
+        x = evolve_cilantro(
+            evaluate, problem.lo, problem.hi, problem.capacity, rng, self.budget, self.quantum
         )
         return x, {"acted_at": snapshot.time}
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from allocators.problem import UtilityGrid
+from allocators.solvers.hull import hull_greedy
 
 PRICE_ITERS = 24  # the tie fill below absorbs the price's last bits
 HINT_ITERS = 12  # from a bracket a factor 4 wide: 2^-12 of it, finer than the cold start's
@@ -177,9 +178,9 @@ def solve_lattice(
     One query (``refine(start, width)``, a grid of ``2 * half + 1`` evenly spaced
     points) reads every job at ``2 * half + 1`` consecutive quanta around its
     ``x``; then each job starts at the lowest quantum of its window and the
-    capacity's quanta go, one at a time in one global sort, to the largest
-    marginal gains (rows made non-increasing first, so a row's quanta go in
-    order): the exact greedy for concave utilities, where rounding a continuous
+    capacity goes by one sort to the steepest segments of the windows' concave
+    envelopes (``hull_greedy``): the exact greedy for concave utilities, and
+    within one job's envelope gap otherwise, where rounding a continuous
     solution and then exchanging single quanta needed a pass per quantum of
     error. A job whose choice lands on its window's edge (not at a bound) gets
     its window re-centred and read again, ``recenter`` times at most. ``keep``
@@ -201,16 +202,13 @@ def solve_lattice(
         if keep is not None:
             keep.append(grid)
         top = np.minimum(start + width, k_max) - start  # last usable offset per job
-        gains = weights[:, None] * np.diff(grid.U, axis=1)  # (n, width): offset k -> k + 1
-        gains = np.minimum.accumulate(gains, axis=1)
-        usable = np.arange(width)[None, :] < top[:, None]
-        budget = int(np.floor((capacity - float((start * q).sum())) / q + 1e-9))
-        flat = np.where(usable, gains, -np.inf).ravel()
-        take = np.zeros(len(x), dtype=int)
-        if budget > 0:
-            order = np.argsort(-flat, kind="stable")[:budget]
-            order = order[flat[order] > 0]
-            np.add.at(take, order // width, 1)
+        # Offsets past a job's bound stay flat (no gain), so nothing is taken there.
+        U = np.where(np.arange(width + 1)[None, :] <= top[:, None], grid.U, -np.inf)
+        U = np.maximum.accumulate(U, axis=1)
+        # The exact greedy on each window's envelope (one sort): whole quanta at the
+        # vertices, at most one job part-way along a segment (floored to whole quanta).
+        xs = hull_greedy(grid.X, weights[:, None] * U, capacity)
+        take = np.clip(np.floor((xs - start * q) / q + 1e-9), 0, top)
         k = start + take
         edge = ((take == 0) & (start > k_min)) | ((take == top) & (start + top < k_max))
         if attempt == recenter or not edge.any():

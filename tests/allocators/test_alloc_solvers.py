@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from allocators.problem import COARSE_T, UtilityGrid
-from allocators.solvers.evolutionary import evolve
+from allocators.solvers.evolutionary import evolve, evolve_cilantro
 from allocators.solvers.local import frank_wolfe, local_search
 from allocators.solvers.maxmin import solve_maxmin
 from allocators.solvers.rounding import quantize, spread
@@ -104,6 +104,32 @@ def test_evolutionary_respects_bounds_and_budget() -> None:
     x = evolve(evaluate, lo, hi, w, 8.0, np.random.default_rng(0), budget=500, population=20)
     assert sum(calls) == 500
     assert np.all(x >= lo - 1e-9) and np.all(x <= hi + 1e-9) and x.sum() <= 8.0 + 1e-6
+
+
+def test_cilantro_search_spends_its_budget_in_epochs_within_bounds() -> None:
+    """Cilantro's algorithm: an initial set of max(10, 2n), then epochs of 5; every candidate
+    within the bounds and the capacity; it improves on the equal split it starts from;
+    the same seed gives the same answer."""
+    rng = np.random.default_rng(3)
+    grid = concave_grid(rng, 5, 8.0)
+    w = np.ones(5)
+    calls: list[int] = []
+    seen: list[np.ndarray] = []
+    lo, hi = np.array([0, 1, 0, 0, 0.0]), np.array([8, 8, 2, 8, 8.0])
+
+    def evaluate(xb: np.ndarray) -> np.ndarray:
+        calls.append(len(xb))
+        seen.append(xb.copy())
+        return grid.value(xb) @ w
+
+    x = evolve_cilantro(evaluate, lo, hi, 8.0, np.random.default_rng(0), budget=500)
+    assert sum(calls) == 500 and calls[0] == 10 and set(calls[1:]) == {5}
+    every = np.vstack(seen)
+    assert np.all(every >= lo - 1e-9) and np.all(every <= hi + 1e-9)
+    assert np.all(every.sum(axis=1) <= 8.0 + 1e-6)
+    assert grid.value(x) @ w > grid.value(every[0]) @ w  # better than the equal split
+    again = evolve_cilantro(evaluate, lo, hi, 8.0, np.random.default_rng(0), budget=500)
+    assert np.array_equal(x, again)
 
 
 def test_quantize_keeps_capacity_busy() -> None:
