@@ -230,8 +230,8 @@ def evo_on(
     trace: list | None = None,
     search: str = "cilantro",
 ) -> tuple[Allocation, float]:
-    """An evolutionary search on the objective ours optimises (the same bounds, read the
-    same way: upper bounds, the mean deciding saturation), each batch of candidates scored
+    """An evolutionary search on the objective ours optimises (the same upper bounds, read
+    the same way), each batch of candidates scored
     by one query of the models at their own allocations (the bound-query code ours uses);
     (allocation, CPU ms of search and packing). ``search``: "cilantro" (its published
     algorithm, epochs of 5) or "generational" (40 candidates per query)."""
@@ -243,7 +243,6 @@ def evo_on(
         snap.models,
         side,  # type: ignore[arg-type]
         obj.values if obj.separable else None,
-        saturate="mean",
     )
     w = problem.weights
     if obj.separable:
@@ -273,11 +272,11 @@ def evo_on(
 
 
 def bound_welfare(snap: Snapshot, alloc: Allocation) -> float:
-    """Utilitarian welfare on the objective both solvers optimise (upper bounds, the mean
-    deciding saturation), read from the models at the exact allocation (the grid's
-    interpolation would favour whichever solver lands on grid points)."""
+    """Utilitarian welfare on the objective both solvers optimise (upper bounds), read from
+    the models at the exact allocation (the grid's interpolation would favour whichever
+    solver lands on grid points)."""
     problem = cpu_problem(snap)
-    builder = GridBuilder(problem, snap.models, "upper", saturate="mean")
+    builder = GridBuilder(problem, snap.models, "upper")
     w = problem.weights
     x = np.array([alloc.get(name).cpu for name in problem.names])
     return float(builder.exact(x) @ w / w.sum())
