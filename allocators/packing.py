@@ -222,7 +222,6 @@ def _pack_cpu_fresh(
     order = sorted(range(len(caps)), key=caps.__getitem__)  # stable: equal CPU by node
     frees = list(map(caps.__getitem__, order))
     size = len(frees)
-    insert_free, insert_node = frees.insert, order.insert
     # Every share and split vector is built here: slot setters, no calls in between
     new_object = object.__new__
     set_cpu, set_memory, set_gpu, set_pim, set_mesh, set_custom = RV_SETTERS
@@ -244,13 +243,7 @@ def _pack_cpu_fresh(
             node = order[k]
             new = old - cpu  # cpu * 1.0
             if old != new:  # new < old: the node moves down, below k
-                del frees[k]
-                del order[k]
-                lo = bisect_left(frees, new, 0, k)
-                if lo < k and frees[lo] == new:  # equal free CPU: by node
-                    lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
-                insert_free(lo, new)
-                insert_node(lo, node)
+                _move_down(frees, order, k, new)
             pieces: Sequence[tuple[int, float]] = ((node, 1.0),)
         else:
             pieces = _pieces(cpu, frees, order)
@@ -307,6 +300,19 @@ def _pack_cpu_fresh(
     return PackResult(shares=tuple(shares), moves=moves)
 
 
+def _move_down(frees: list[float], order: list[int], k: int, new: float) -> None:
+    """Node ``order[k]``'s free CPU fell to ``new``: move it down to its place, keeping the
+    two lists sorted by (free CPU, node)."""
+    node = order[k]
+    del frees[k]
+    del order[k]
+    lo = bisect_left(frees, new, 0, k)
+    if lo < k and frees[lo] == new:  # equal free CPU: by node
+        lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
+    frees.insert(lo, new)
+    order.insert(lo, node)
+
+
 def _pieces(cpu: float, frees: list[float], order: list[int]) -> list[tuple[int, float]] | None:
     """(node, fraction) pieces of a CPU-only job of ``cpu`` > 0, from ``frees`` (free CPU,
     ascending) and ``order`` (the node of each, ascending among equal free CPU), both updated
@@ -341,13 +347,7 @@ def _pieces(cpu: float, frees: list[float], order: list[int]) -> list[tuple[int,
         if left < 0.0:  # max(left, 0.0) without the call (-0.0 stays, as there)
             left = 0.0
         if old != new:  # new < old: the node moves down, below k
-            del frees[k]
-            del order[k]
-            lo = bisect_left(frees, new, 0, k)
-            if lo < k and frees[lo] == new:  # equal free CPU: by node
-                lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
-            frees.insert(lo, new)
-            order.insert(lo, node)
+            _move_down(frees, order, k, new)
     if len(pieces) > 1:  # a node's pieces of one job add up, in the order placed
         parts: dict[int, float] = {}
         for node, take in pieces:
