@@ -2,8 +2,9 @@
 
 Snapshots carry ground-truth Cilantro curves (cluster_mgr.curves.RewardCurve,
 the four families with their published coefficients); policies see them
-through BandModel, the truth's mean with per-job confidence offsets (what a
-learner in mid-run offers). Welfare is always scored on the truth. Times are
+through BandModel: per-job confidence offsets of 0.02-0.1 around a mean that is
+off the truth by up to half the band (what a learner in mid-run offers; the
+truth stays inside the band). Welfare is always scored on the truth. Times are
 process CPU ms (the machine is shared: wall time would measure the neighbours).
 
 Tables (in order):
@@ -20,11 +21,13 @@ Tables (in order):
   "balanced"); baselines on utilitarian welfare.
 - oracle / exact DP: our solver on the truth against an independent dynamic programme
   (capacity in 2,000 units), for the separable objectives.
-- ours vs the search: our utilitarian solver against Cilantro's evolutionary search at
-  its full 4,000-evaluation budget (decide + pack for each, run alternately 5 times,
-  medians; "without packing" subtracts the packing of our answer from both), both on
-  the same bounds through the same bound-query code (the search queries the models
-  at every generation's candidate allocations); per job count, for the non-separable
+- ours vs the searches: our utilitarian solver against Cilantro's evolutionary
+  algorithm at its full 4,000-evaluation budget (``evolve_cilantro``: epochs of 5, the
+  batch its algorithm allows; ``speedup_vs_evo``) and against a generational variant
+  (``evolve``: 40 candidates per query), decide + pack for each, run alternately 5
+  times, medians ("without packing" subtracts the packing of our answer from both),
+  all on the same bounds through the same bound-query code (the searches query the
+  models at each batch's candidate allocations); per job count, for the non-separable
   objective (our Frank-Wolfe and local search against the same search), and for
   another snapshot family (OTHER_MIX: other coefficients and biases, no linear jobs,
   300 jobs, capacity 0.35 x SLO demand). Welfare ratios on the truth, and on the
