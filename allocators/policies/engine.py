@@ -12,7 +12,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +30,6 @@ from cluster_mgr.model import (
 )
 
 Score = Callable[[np.ndarray], float]
-_MINIMUM = attrgetter("minimum")
 
 
 class CpuPolicy(Policy):
@@ -123,30 +121,8 @@ def to_allocation(snapshot: Snapshot, problem: CpuProblem, x: np.ndarray, name: 
         # ResourceVector validates every field on construction (~10 us); 1,000 jobs per round
         # made that a sixth of a decision. The minimum is a valid vector and the amount is a
         # finite float, so a copy with one field replaced is valid without re-checking.
-        values = x.tolist()
-        if x.ndim != 1 or np.signbit(x).any():
-            # One vector per job. -0.0 == 0.0 as a dict key would give both signs one vector;
-            # a malformed x fails here exactly as it always did.
-            for job, v in zip(problem.jobs, values, strict=True):
-                amounts[job.name] = _replaced(job.minimum, kind, round(v, 9))
-        else:
-            # Quantized amounts repeat (a few hundred values over 1,000 jobs) and vectors are
-            # immutable, so jobs with the same minimum (object) and amount share one vector;
-            # the per-job work is then C-level zips and dict look-ups.
-            minimums = list(map(_MINIMUM, problem.jobs))
-            ids = set(map(id, minimums))
-            if len(ids) == 1:  # the usual case: one minimum object, the amount is the key
-                minimum = minimums[0]
-                by_value = {v: _replaced(minimum, kind, round(v, 9)) for v in set(values)}
-                vectors = map(by_value.__getitem__, values)
-            else:
-                keys = list(zip(map(id, minimums), values, strict=True))
-                by_key = {
-                    key: _replaced(minimum, kind, round(key[1], 9))
-                    for key, minimum in dict(zip(keys, minimums, strict=True)).items()
-                }
-                vectors = map(by_key.__getitem__, keys)
-            amounts = dict(zip(problem.names, vectors, strict=True))
+        for job, v in zip(problem.jobs, x.tolist(), strict=True):
+            amounts[job.name] = _replaced(job.minimum, kind, round(v, 9))
     else:
         for job, v in zip(problem.jobs, x.tolist(), strict=True):
             amounts[job.name] = job.minimum.with_amount(kind, round(v, 9))
