@@ -43,16 +43,20 @@ def envelope_vertices(X: np.ndarray, V: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _rising_envelopes(X: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rising_envelopes(
+    X: np.ndarray, V: np.ndarray, dX: np.ndarray | None = None, dV: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The rows whose slopes rise somewhere, and their envelope masks (the other rows are
-    their own envelopes)."""
+    their own envelopes). ``dX``, ``dV``: the rows' steps, when the caller has them."""
     n, m = X.shape
     if m < 3 or n == 0:
         return np.zeros(0, dtype=np.intp), np.ones((0, m), dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dx = X[:, 1:] - X[:, :-1]
-        s = np.where(dx > 0, (V[:, 1:] - V[:, :-1]) / np.where(dx > 0, dx, 1.0), -np.inf)
-        tol = HULL_TOL * (1.0 + np.abs(s[np.isfinite(s)]).max(initial=0.0))
+    dX = X[:, 1:] - X[:, :-1] if dX is None else dX
+    dV = V[:, 1:] - V[:, :-1] if dV is None else dV
+    step = dX > 0
+    s = np.divide(dV, dX, out=np.full(dX.shape, -np.inf), where=step)
+    tol = HULL_TOL * (1.0 + float(np.abs(s, where=step, out=np.zeros(s.shape)).max()))
+    with np.errstate(invalid="ignore"):
         # rise[:, g]: the slope after point g + 1 exceeds the one before (-inf - -inf, a
         # repeated point, is nan: no rise).
         rise = s[:, 1:] - s[:, :-1] > tol
@@ -129,8 +133,8 @@ def hull_greedy(X: np.ndarray, V: np.ndarray, capacity: float) -> np.ndarray:
         return x0
     # Segments: consecutive grid points on rows that are their own envelopes (most rows),
     # consecutive envelope vertices on the others; only those that add value.
-    rising, kr = _rising_envelopes(X, V)
     dX, dV = X[:, 1:] - X[:, :-1], V[:, 1:] - V[:, :-1]
+    rising, kr = _rising_envelopes(X, V, dX, dV)
     if rising.size:
         dX[rising] = 0.0
     flat = np.flatnonzero((dX > 0) & (dV > 0))
