@@ -300,8 +300,7 @@ class GridBuilder:
         return self._prepared(X)
 
     def _models_of(self, rows: np.ndarray) -> list[PerformanceModel]:
-        if self._all is not None and len(rows) == self.p.n and (rows == self._rows).all():
-            return self._all  # the whole bank, listed once per builder (1,000 dict lookups)
+        """The models of some jobs (the whole bank goes through ``_bank_query``)."""
         return [self.models[self.p.names[i]] for i in rows]
 
     def _claimed(
