@@ -13,9 +13,10 @@ error, not a plan.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from operator import attrgetter, itemgetter
 
 import numpy as np
@@ -215,13 +216,9 @@ def _pack_cpu_fresh(
     ids = [n.node_id for n in usable]
     if len(set(ids)) != len(ids):
         return None  # repeated node ids: the general path orders their shares
-    # The nodes by (free CPU, node) ascending, as two parallel lists: bisecting floats is
-    # several times cheaper than bisecting (free, node) tuples. Equal free CPU keeps nodes
-    # ascending, so (free, node) order is found by a bisection on each list.
-    caps = [n.capacity.cpu for n in usable]
-    order = sorted(range(len(caps)), key=caps.__getitem__)  # stable: equal CPU by node
-    frees = list(map(caps.__getitem__, order))
-    size = len(frees)
+    size = len(usable)
+    # the distinct free CPU values ascending, and each value's nodes (see _free_groups)
+    frees, groups = _free_groups([n.capacity.cpu for n in usable])
     # Every share and split vector is built here: slot setters, no calls in between
     new_object = object.__new__
     set_cpu, set_memory, set_gpu, set_pim, set_mesh, set_custom = RV_SETTERS
@@ -230,27 +227,21 @@ def _pack_cpu_fresh(
     # (amount id, fraction) -> piece; the amounts live in ``allocation`` meanwhile
     scaled: dict[tuple[int, float], ResourceVector] = {}
     ceil = math.ceil
-    moves = 0
     for neg, name, amount, job in todo:
         cpu = -neg
         # Most jobs go whole to one node: that first search (left = 1.0) before the piece by
         # piece loop, which repeats it for the others (same search, same answer).
         k = bisect_left(frees, _WHOLE * cpu)
-        while k < size and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < _WHOLE:
+        end = len(frees)
+        while k < end and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < _WHOLE:
             k += 1
-        if k < size:
-            old = frees[k]
-            node = order[k]
-            new = old - cpu  # cpu * 1.0
-            if old != new:  # new < old: the node moves down, below k
-                _move_down(frees, order, k, new)
+        if k < end:
+            node = _take(frees, groups, k, frees[k] - cpu)  # cpu * 1.0
             pieces: Sequence[tuple[int, float]] = ((node, 1.0),)
         else:
-            pieces = _pieces(cpu, frees, order)
+            pieces = _pieces(cpu, frees, groups)
             if pieces is None:
                 return None  # does not fit: the general path raises the detailed PackingError
-        # fresh: every node a job got is one where it had no replica before
-        moves += len(pieces)
         replica_cpus = job.replica_cpus
         for node, frac in pieces:
             if frac >= 1.0 - 1e-12:
@@ -297,57 +288,82 @@ def _pack_cpu_fresh(
             if len(bucket) > 1:
                 bucket.sort(key=_JOB)  # one share per (job, node): no ties
             shares.extend(bucket)
-    return PackResult(shares=tuple(shares), moves=moves)
+    # fresh: every share is on a node where its job had no replica before, a move each
+    return PackResult(shares=tuple(shares), moves=len(shares))
 
 
-def _move_down(frees: list[float], order: list[int], k: int, new: float) -> None:
-    """Node ``order[k]``'s free CPU fell to ``new``: move it down to its place, keeping the
-    two lists sorted by (free CPU, node)."""
-    node = order[k]
-    del frees[k]
-    del order[k]
-    lo = bisect_left(frees, new, 0, k)
-    if lo < k and frees[lo] == new:  # equal free CPU: by node
-        lo = bisect_left(order, node, lo, bisect_right(frees, new, lo, k))
-    frees.insert(lo, new)
-    order.insert(lo, node)
+def _free_groups(caps: Sequence[float]) -> tuple[list[float], dict[float, list[int]]]:
+    """The nodes by (free CPU, node) ascending, grouped by free CPU: the distinct values
+    ascending, and for each value the heap of its nodes (the lowest first, as ties go).
+
+    Best fit takes the first node of a value, and a node it fills moves to a lower value. In one
+    sorted list of every node that move was an insert of O(nodes) (most of a pack on 10,000
+    nodes); grouped, it is a heap push. Values are few: nodes come in a few sizes, and the
+    nodes filled by pieces of one size are left with equal free CPU."""
+    groups: dict[float, list[int]] = {}
+    for node, cap in enumerate(caps):  # by node: each list is sorted, so a heap
+        group = groups.get(cap)
+        if group is None:
+            groups[cap] = [node]
+        else:
+            group.append(node)
+    return sorted(groups), groups
 
 
-def _pieces(cpu: float, frees: list[float], order: list[int]) -> list[tuple[int, float]] | None:
-    """(node, fraction) pieces of a CPU-only job of ``cpu`` > 0, from ``frees`` (free CPU,
-    ascending) and ``order`` (the node of each, ascending among equal free CPU), both updated
-    in place; a node's pieces added up. The same best fit as ``_best_fit``: the tightest node
-    that takes the rest whole, else the roomiest node's whole CPU quanta. None when a piece
-    does not fit."""
-    size = len(frees)
+def _take(frees: list[float], groups: dict[float, list[int]], k: int, new: float) -> int:
+    """The first node of value ``frees[k]`` takes a piece and has ``new`` <= ``frees[k]`` free
+    CPU left: it moves to the group of ``new`` (a new value goes in below k). Returns the node."""
+    old = frees[k]
+    group = groups[old]
+    if new == old:  # too small a piece to change the float: the node stays
+        return group[0]
+    node = heappop(group)
+    if not group:
+        del groups[old]
+        del frees[k]
+    group = groups.get(new)  # -0.0 and 0.0 are one value, as they were one tie
+    if group is None:
+        groups[new] = [node]
+        frees.insert(bisect_left(frees, new, 0, k), new)
+    else:
+        heappush(group, node)
+    return node
+
+
+def _pieces(
+    cpu: float, frees: list[float], groups: dict[float, list[int]]
+) -> list[tuple[int, float]] | None:
+    """(node, fraction) pieces of a CPU-only job of ``cpu`` > 0, from ``frees`` and ``groups``
+    (see ``_free_groups``), both updated in place; a node's pieces added up. The same best fit
+    as ``_best_fit``: the tightest node that takes the rest whole, else the roomiest node's
+    whole CPU quanta. None when a piece does not fit."""
     left = 1.0
     pieces: list[tuple[int, float]] = []  # as placed
     while left > 1e-9:
-        # _best_fit, inlined: rooms are free/cpu, the tightest whole fit is the first node at
+        # _best_fit, inlined: rooms are free/cpu, the tightest whole fit is the first value at
         # or above the need (max(f, 0.0) written out)
         need = left - 1e-9
+        end = len(frees)
         k = bisect_left(frees, need * cpu)
-        while k < size and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < need:
+        while k < end and (0.0 if frees[k] < 0.0 else frees[k]) / cpu < need:
             k += 1
-        if k < size:
+        if k < end:
             take = left
         else:
-            if not size:
+            if not end:
                 return None
-            top = frees[-1]
-            k = bisect_left(frees, top)  # the first of the roomiest
+            k = end - 1  # the roomiest
+            top = frees[k]
             take = _quantized_cpu((0.0 if top < 0.0 else top) / cpu, cpu, left)
             if take <= 0:
                 return None
         old = frees[k]
-        node = order[k]
-        pieces.append((node, take))
         new = old - cpu * take
         left -= take
         if left < 0.0:  # max(left, 0.0) without the call (-0.0 stays, as there)
             left = 0.0
-        if old != new:  # new < old: the node moves down, below k
-            _move_down(frees, order, k, new)
+        node = _take(frees, groups, k, new)
+        pieces.append((node, take))
     if len(pieces) > 1:  # a node's pieces of one job add up, in the order placed
         parts: dict[int, float] = {}
         for node, take in pieces:

@@ -218,6 +218,52 @@ def test_pack_fast_path_at_scale_matches_the_reference() -> None:
     assert _exact(got.shares) == _exact(ref.shares) and got.moves == ref.moves
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_pack_fast_path_on_tied_and_signed_free_cpu_matches_the_reference(seed: int) -> None:
+    # Nodes grouped by equal free CPU (few sizes, -0.0 beside 0.0, negative capacity) and ids
+    # out of index order: ties go to the lowest node, as in one sorted list of every node.
+    rng = np.random.default_rng(5000 + seed)
+    n_nodes = int(rng.integers(1, 120))
+    caps = rng.choice([-0.5, -0.0, 0.0, 0.3, 2.0, 5.3, 5.3, 16.0], size=n_nodes)
+    ids = [f"n{k:03d}" for k in rng.permutation(n_nodes)]
+    nodes = [NodeInfo(ids[k], ResourceVector(cpu=float(caps[k]))) for k in range(n_nodes)]
+    n_jobs = int(rng.integers(1, 150))
+    jobs = [JobSpec(f"j{i:03d}", replica_cpus=float(rng.choice([0.5, 1.0]))) for i in range(n_jobs)]
+    cap = sum(max(n.capacity.cpu, 0.0) for n in nodes)
+    x = np.floor(rng.dirichlet(np.ones(n_jobs)) * cap * rng.uniform(0.5, 1.05) * 10) / 10
+    alloc = Allocation({j.name: ResourceVector(cpu=float(v)) for j, v in zip(jobs, x, strict=True)})
+    got = _outcome(lambda: pack(alloc, jobs, nodes))
+    ref = _ref_pack_fresh(alloc, jobs, nodes)
+    if ref is not None:
+        assert got == ("ok", _exact(ref.shares), ref.moves)
+    assert got == _general(alloc, jobs, nodes)
+
+
+def test_pack_fast_path_piece_too_small_to_change_free_cpu() -> None:
+    # 1e9 - 2e-9 is 1e9: the node keeps its free CPU (and its place) and takes the next job too
+    nodes = [NodeInfo("a", ResourceVector(cpu=1e9)), NodeInfo("b", ResourceVector(cpu=1e9))]
+    jobs = [JobSpec(f"j{i}") for i in range(3)]
+    alloc = Allocation({j.name: ResourceVector(cpu=2e-9) for j in jobs})
+    got = _outcome(lambda: pack(alloc, jobs, nodes))
+    ref = _ref_pack_fresh(alloc, jobs, nodes)
+    assert ref is not None and got == ("ok", _exact(ref.shares), ref.moves)
+    assert {s.node_id for s in ref.shares} == {"a"}
+    assert got == _general(alloc, jobs, nodes)
+
+
+def test_pack_fast_path_many_equal_nodes_matches_the_reference() -> None:
+    # 1,000 nodes of one size, big jobs split over many of them: one large group of ties
+    rng = np.random.default_rng(11)
+    nodes = [NodeInfo(f"n{k:04d}", ResourceVector(cpu=16.0)) for k in rng.permutation(1000)]
+    jobs = [JobSpec(f"j{i:03d}", replica_cpus=float(rng.choice([0.5, 1, 2]))) for i in range(100)]
+    x = np.floor(rng.uniform(0.5, 2.0, 100) / 1.25 * 16.0 * 1000 * 0.9 / 100 * 10) / 10
+    alloc = Allocation({j.name: ResourceVector(cpu=float(v)) for j, v in zip(jobs, x, strict=True)})
+    ref = _ref_pack_fresh(alloc, jobs, nodes)
+    assert ref is not None and len(ref.shares) > 5 * len(jobs)
+    got = pack(alloc, jobs, nodes)
+    assert _exact(got.shares) == _exact(ref.shares) and got.moves == ref.moves
+
+
 # --------------------------------------------------------------------------- to_allocation
 
 
