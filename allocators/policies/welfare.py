@@ -25,11 +25,10 @@ from allocators.problem import (
     Side,
     UtilityGrid,
 )
-from allocators.solvers.hull import hull_greedy
+from allocators.solvers.hull import hull_solve
 from allocators.solvers.local import frank_wolfe, local_search
 from allocators.solvers.separable import (
     bracket,
-    concave_rows,
     exchange_quanta,
     polish,
     solve_lattice,
@@ -160,30 +159,34 @@ class WelfarePolicy(CpuPolicy):
 
     def _solve_separable(self, problem: CpuProblem, builder: GridBuilder) -> np.ndarray:
         """One model query per step, each step solved by the greedy on the rows' concave
-        envelopes (``hull_greedy``: the price solve in one sort, exact for concave rows):
+        envelopes (``hull_solve``: the price solve in one sort, exact for concave rows):
 
-        1. the 128-point log grid (each job from its minimum to its maximum, 7.5 % steps,
+        1. the 96-point log grid (each job from its minimum to its maximum, 10 % steps,
            so that 0.1 CPU and 1,000 CPUs are both resolved);
         2. while some job's bracket there (the grid points either side) is wider than
-           the lattice window, a 9-point zoom across the brackets (none, usually);
-        3. only when some row is not concave (a logistic job): the transfer local
-           search (``polish``), since no exact method holds there;
+           the lattice window (a job past ~8 CPUs), a 9-point zoom across the brackets;
+        3. only when a step had to settle a job at a chord's end (a logistic job at its
+           knee, see ``hull_solve``): the transfer local search (``polish``), since no
+           exact method holds there (otherwise the greedy's answer is the grid optimum);
         4. the lattice: 17 whole quanta around each job's amount, read exactly, so
            amounts come out in whole quanta and no rounding or quantum exchange is left.
         """
         w = problem.weights
         coarse = builder.coarse()
         self._cache = (id(problem), coarse)
-        x = hull_greedy(coarse.X, w[:, None] * coarse.U, problem.capacity)
+        x, settled = hull_solve(coarse.X, w[:, None] * coarse.U, problem.capacity)
         grid = coarse
         for _ in range(MAX_ZOOMS):
             a, b = bracket(grid, x)
             if not (b > 2 * LATTICE_HALF * self.quantum + 1e-9).any():
                 break
+            # Every job's bracket is read: a read of the wide ones only costs more at 1,000
+            # jobs (a subset query is prepared anew) than the whole prepared bank's.
             grid = builder.grid(a, b, ZOOM_T)
             self._fine.append(grid)
-            x = hull_greedy(grid.X, w[:, None] * grid.U, problem.capacity)
-        if not concave_rows(coarse):
+            x, settled_here = hull_solve(grid.X, w[:, None] * grid.U, problem.capacity)
+            settled = settled or settled_here
+        if settled:
             # Local search where no exact method holds: after a zoom, a job past a knee
             # on the coarse grid can sit part-way up its chord, holding CPUs that buy
             # little; transfers of every size move such a job back (or across).
@@ -194,7 +197,9 @@ class WelfarePolicy(CpuPolicy):
                 problem.lo,
                 problem.hi,
                 problem.capacity,
-                self.quantum,
+                # Its smallest step is half the lattice window: smaller moves are the
+                # lattice's, which reads them exactly (measured: the same welfare, 1e-8).
+                LATTICE_HALF // 2 * self.quantum,
                 # No donor holds more than its allocation above its minimum, nor is more
                 # idle than is left: larger steps only cost passes.
                 start_step=max(
@@ -211,7 +216,7 @@ class WelfarePolicy(CpuPolicy):
             ):
                 x = y
         x = solve_lattice(
-            lambda a, b: builder.grid(a, b, LATTICE_T),
+            lambda a, b, rows: builder.grid(a, b, LATTICE_T, rows=rows),
             x,
             w,
             problem.lo,

@@ -126,11 +126,22 @@ def _drop_under_chords(X: np.ndarray, V: np.ndarray) -> np.ndarray:
 def hull_greedy(X: np.ndarray, V: np.ndarray, capacity: float) -> np.ndarray:
     """Allocation per row maximising sum V on the rows' envelopes within ``capacity``
     (see the module doc): rows start at X[:, 0]; only segments that add value are taken."""
+    return hull_solve(X, V, capacity)[0]
+
+
+def hull_solve(X: np.ndarray, V: np.ndarray, capacity: float) -> tuple[np.ndarray, bool]:
+    """``hull_greedy``'s allocation, and whether a job had to be settled at a chord's end.
+
+    Without a settled chord the answer is the exact optimum on the grid: every job
+    ends on its envelope where the envelope is the row itself, so the answer scores
+    the envelope problem's optimum, which bounds the grid problem from above. With
+    one, it is within that job's envelope gap: only then can a local search gain.
+    """
     n, m = X.shape
     x0 = X[:, 0].copy()
     budget = capacity - float(x0.sum())
     if n == 0 or m < 2 or budget <= 0:
-        return x0
+        return x0, False
     # Segments: consecutive grid points on rows that are their own envelopes (most rows),
     # consecutive envelope vertices on the others; only those that add value.
     dX, dV = X[:, 1:] - X[:, :-1], V[:, 1:] - V[:, :-1]
@@ -150,7 +161,7 @@ def hull_greedy(X: np.ndarray, V: np.ndarray, capacity: float) -> np.ndarray:
         c0, c1 = np.concatenate([c0, a0[ok]]), np.concatenate([c1, a1[ok]])
         width, gain = np.concatenate([width, w2[ok]]), np.concatenate([gain, g2[ok]])
     if row.size == 0:
-        return x0
+        return x0, False
     # Steepest first. Within a row slopes fall, and equal slopes form one straight piece,
     # so the order among ties (unstable sort, 3x faster) changes neither amounts nor value.
     order = np.argsort(-(gain / width))
@@ -164,7 +175,8 @@ def hull_greedy(X: np.ndarray, V: np.ndarray, capacity: float) -> np.ndarray:
             x[row[s]] += left
         elif left > 0:
             x = _settle_chord(X, V, x, int(row[s]), float(width[s]), left, order, k, row, width)
-    return x
+            return x, True
+    return x, False
 
 
 def _settle_chord(

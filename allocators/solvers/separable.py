@@ -162,7 +162,7 @@ def solve_zoomed(
 
 
 def solve_lattice(
-    refine: Callable[[np.ndarray, np.ndarray], UtilityGrid],
+    refine: Callable[[np.ndarray, np.ndarray, np.ndarray | None], UtilityGrid],
     x: np.ndarray,
     weights: np.ndarray,
     lo: np.ndarray,
@@ -175,15 +175,16 @@ def solve_lattice(
 ) -> np.ndarray:
     """Whole quanta near ``x`` (a continuous solution), chosen exactly on the models.
 
-    One query (``refine(start, width)``, a grid of ``2 * half + 1`` evenly spaced
-    points) reads every job at ``2 * half + 1`` consecutive quanta around its
+    One query (``refine(start, width, None)``, a grid of ``2 * half + 1`` evenly
+    spaced points) reads every job at ``2 * half + 1`` consecutive quanta around its
     ``x``; then each job starts at the lowest quantum of its window and the
     capacity goes by one sort to the steepest segments of the windows' concave
     envelopes (``hull_greedy``): the exact greedy for concave utilities, and
     within one job's envelope gap otherwise, where rounding a continuous
     solution and then exchanging single quanta needed a pass per quantum of
     error. A job whose choice lands on its window's edge (not at a bound) gets
-    its window re-centred and read again, ``recenter`` times at most. ``keep``
+    its window re-centred and read again (``refine(start, width, rows)`` for those
+    jobs only: the others' windows stand), ``recenter`` times at most. ``keep``
     receives the window grids. Amounts are multiples of the quantum within
     [lo, hi] (a job whose bounds hold no multiple keeps ``x``).
     """
@@ -195,10 +196,11 @@ def solve_lattice(
         return x
     centre = np.clip(np.floor(x / q + 1e-9), k_min, k_max)
     width = 2 * half
+    span = np.full(len(x), width * q)
+    # The window [start, start + width] in quanta, kept inside the bounds where it fits.
+    start = np.maximum(np.minimum(centre - half, k_max - width), k_min)
+    grid = refine(start * q, span, None)
     for attempt in range(recenter + 1):
-        # The window [start, start + width] in quanta, kept inside the bounds where it fits.
-        start = np.maximum(np.minimum(centre - half, k_max - width), k_min)
-        grid = refine(start * q, np.full(len(x), width * q))
         if keep is not None:
             keep.append(grid)
         top = np.minimum(start + width, k_max) - start  # last usable offset per job
@@ -213,7 +215,13 @@ def solve_lattice(
         edge = ((take == 0) & (start > k_min)) | ((take == top) & (start + top < k_max))
         if attempt == recenter or not edge.any():
             break
-        centre = np.where(edge, k, centre)
+        moved = np.flatnonzero(edge)
+        start = start.copy()
+        start[moved] = np.maximum(np.minimum(k[moved] - half, k_max[moved] - width), k_min[moved])
+        part = refine(start[moved] * q, span[moved], moved)
+        a, U = grid.a.copy(), grid.U.copy()
+        a[moved], U[moved] = part.a, part.U
+        grid = UtilityGrid(a, span, grid.T, U)
     return k * q
 
 
@@ -227,18 +235,6 @@ def bracket(grid: UtilityGrid, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi_i = np.clip(idx + 1, 0, X.shape[1] - 1)
     a = np.minimum(X[rows, lo_i], x)
     return a, np.maximum(X[rows, hi_i], x) - a
-
-
-def concave_rows(grid: UtilityGrid, tol: float = 1e-9) -> bool:
-    """True when every job's grid utility is concave (slopes never rise along the grid).
-
-    Row j's points are x = a_j + b_j T, so its slopes are dU / (b_j dT): dividing by dT
-    alone keeps their order within the row (b_j > 0; a row with b_j = 0 is one point).
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = np.diff(grid.U, axis=1) / np.diff(grid.T)[None, :]
-    rises = np.diff(slope, axis=1) > tol * (1.0 + np.abs(slope[:, :-1]))
-    return not bool(np.any(rises[grid.b > 0]))
 
 
 def polish(

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from allocators.problem import UtilityGrid
-from allocators.solvers.hull import _drop_under_chords, envelope_vertices, grid_value, hull_greedy
+from allocators.solvers.hull import (
+    _drop_under_chords,
+    envelope_vertices,
+    grid_value,
+    hull_greedy,
+    hull_solve,
+)
 from allocators.solvers.separable import solve_price
 
 
@@ -50,6 +56,24 @@ def test_greedy_against_the_best_grid_allocation(concave: bool) -> None:
         assert np.all(x >= X[:, 0] - 1e-12) and np.all(x <= X[:, -1] + 1e-9)
         gap = 0.0 if concave else float((V[:, -1] - V[:, 0]).max())  # a loose bound on it
         assert grid_value(X, V, x) >= _best_on_points(X, V, cap) - gap - 1e-9
+
+
+def test_an_answer_without_a_settled_chord_is_the_grid_optimum() -> None:
+    """``hull_solve``'s flag: concave rows never settle; on any rows, an answer that did
+    not settle a chord scores the best allocation on grid points (what lets the policy
+    skip its local search)."""
+    rng = np.random.default_rng(5)
+    outcomes = set()
+    for k in range(300):
+        concave = k % 3 == 0
+        X, V = _rows(rng, int(rng.integers(1, 5)), int(rng.integers(2, 7)), concave=concave)
+        cap = _capacity(rng, X)
+        x, settled = hull_solve(X, V, cap)
+        outcomes.add(settled)
+        assert not (concave and settled)
+        if not settled:
+            assert grid_value(X, V, x) >= _best_on_points(X, V, cap) - 1e-9
+    assert outcomes == {True, False}  # both paths were exercised
 
 
 def test_envelope_by_tangents_matches_envelope_by_chords() -> None:
