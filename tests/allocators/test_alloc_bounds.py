@@ -65,6 +65,20 @@ def test_saturate_option_is_checked() -> None:
         get_policy("utilitarian", saturate="upper")
 
 
+def test_saturate_defaults_per_policy() -> None:
+    """Utilitarian waits for the mean by default; the others, and the oracles, read the
+    bound as it is; "none" (what a TOML config can spell) is the plain upper bound."""
+    assert get_policy("utilitarian").saturate == "mean"
+    assert get_policy("utilitarian", saturate="none").saturate is None
+    assert get_policy("utilitarian", saturate=None).saturate is None
+    assert get_policy("nash").saturate is None
+    assert get_policy("welfare").saturate is None
+    assert get_policy("oracle_utilitarian").saturate is None
+    snap = _snapshot(0.2)
+    default = get_policy("utilitarian").decide(snap, {})[0]
+    assert default == get_policy("utilitarian", saturate="mean").decide(snap, {})[0]
+
+
 def test_prepared_query_equals_each_models_bounds() -> None:
     """Curves of every family, band models over them, and a model type without a batch
     query, mixed: the prepared query answers what each model's ``bounds`` answers."""
