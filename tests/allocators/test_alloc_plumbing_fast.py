@@ -194,16 +194,21 @@ def _random_cluster(
     return jobs, nodes, Allocation(amounts)
 
 
-@pytest.mark.parametrize("seed", range(CASES))
-def test_pack_matches_the_reference_and_the_general_path(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    jobs, nodes, alloc = _random_cluster(rng)
+def _assert_pack_agrees(alloc: Allocation, jobs: list[JobSpec], nodes: list[NodeInfo]) -> None:
+    """``pack`` gives what the reference fast path gives (when it applies) and, fresh or not,
+    placed or not, what the general path decides (errors included)."""
     got = _outcome(lambda: pack(alloc, jobs, nodes))
     ref = _ref_pack_fresh(alloc, jobs, nodes)
     if ref is not None:
         assert got == ("ok", _exact(ref.shares), ref.moves)
-    # fresh or not, placed or not, the general path decides the same (errors included)
     assert got == _general(alloc, jobs, nodes)
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_pack_matches_the_reference_and_the_general_path(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    jobs, nodes, alloc = _random_cluster(rng)
+    _assert_pack_agrees(alloc, jobs, nodes)
 
 
 def test_pack_fast_path_at_scale_matches_the_reference() -> None:
@@ -232,11 +237,7 @@ def test_pack_fast_path_on_tied_and_signed_free_cpu_matches_the_reference(seed: 
     cap = sum(max(n.capacity.cpu, 0.0) for n in nodes)
     x = np.floor(rng.dirichlet(np.ones(n_jobs)) * cap * rng.uniform(0.5, 1.05) * 10) / 10
     alloc = Allocation({j.name: ResourceVector(cpu=float(v)) for j, v in zip(jobs, x, strict=True)})
-    got = _outcome(lambda: pack(alloc, jobs, nodes))
-    ref = _ref_pack_fresh(alloc, jobs, nodes)
-    if ref is not None:
-        assert got == ("ok", _exact(ref.shares), ref.moves)
-    assert got == _general(alloc, jobs, nodes)
+    _assert_pack_agrees(alloc, jobs, nodes)
 
 
 def test_pack_fast_path_piece_too_small_to_change_free_cpu() -> None:
