@@ -90,7 +90,8 @@ class WelfarePolicy(CpuPolicy):
           0.965 -> 0.997; a 100-round loop with interval learners fed noisy rewards at
           the chosen allocations, 100 jobs, 0.841 -> 0.872 with fixed loads and 0.952 ->
           0.993 with loads jittered 5 % per round (20 jobs: 0.857 -> 0.890, 0.947 ->
-          0.993); the simulator's cluster-sharing scenario 0.974 -> 0.964. The plain
+          0.993); the simulator's cluster-sharing scenario 0.974 -> 0.967 (5 seeds, the
+          one setting where the plain bound wins). The plain
           upper bound parks jobs where the interval learner's upper bound is still its
           prior (no data at or right of the allocation), which "mean" does not believe.
         - Nash (None): the allocator benchmark 0.945 -> 0.938, the simulator 0.969 ->
