@@ -320,10 +320,7 @@ class GridBuilder:
         return R
 
     def _utility(self, R: np.ndarray, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        u = R / self._thr[rows, None]
-        # Clipped to [0, 1] in place: np.clip costs more, and so do new arrays at 10^5 values.
-        np.maximum(u, 0.0, out=u)
-        np.minimum(u, 1.0, out=u)
+        u = clip_unit(R / self._thr[rows, None])
         for s in set(self._scaling):
             if s == "linear":
                 continue
@@ -476,6 +473,13 @@ def below_threshold(upper: np.ndarray, ref: np.ndarray, thr: np.ndarray | float)
     out /= bonus
     out += ref
     return out
+
+
+def clip_unit(a: np.ndarray) -> np.ndarray:
+    """``a`` (a fresh array the caller owns) clipped to [0, 1] in place: as np.clip, without
+    its call overhead or a new array per step (a 1,000-job grid is 10^5 values per query)."""
+    np.maximum(a, 0.0, out=a)
+    return np.minimum(a, 1.0, out=a)
 
 
 def _is_every(rows: np.ndarray, n: int) -> bool:

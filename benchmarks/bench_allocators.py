@@ -244,7 +244,7 @@ def learning_loop(
     requests that succeed on the truth (binomial, stated sigma as the simulator's feedback)
     at that window's load (the job's load jittered by ``LOAD_JITTER``, told to the learner,
     as a window's measured load varies)."""
-    from cluster_mgr.feedback import SIGMA_FLOOR
+    from cluster_mgr.feedback import reward_sigma
     from learners import learner_factory
     from learners.bank import LearnerBank
 
@@ -262,8 +262,7 @@ def learning_loop(
                 for k, c, ld in zip(names, cpu, seen, strict=True)
             ]
         )
-        sigma = np.maximum(np.sqrt(reward * (1.0 - reward) / REQUESTS), SIGMA_FLOOR)
-        bank.learn(names, cpu[:, None], seen, reward, sigma, t)
+        bank.learn(names, cpu[:, None], seen, reward, reward_sigma(reward, REQUESTS), t)
 
     share = snap.capacity.cpu / len(names)
     for w in range(WARM_OBS):

@@ -402,9 +402,16 @@ def rewards(
                 reward[i] = min(1.0, goodput / spec.slo.target) if offered[i] > 0 else math.nan
             elif spec is not None and spec.slo is None and offered[i] > 0:
                 reward[i] = jw.completed[i] / offered[i]  # no SLO: success = completed
-        p = np.clip(reward, 0.0, 1.0)
-        sigma = np.sqrt(p * (1.0 - p) / np.maximum(offered, 1.0))
-    return reward, np.maximum(np.nan_to_num(sigma, nan=1.0), SIGMA_FLOOR)
+    return reward, reward_sigma(reward, offered)
+
+
+def reward_sigma(reward: np.ndarray, requests: np.ndarray | float) -> np.ndarray:
+    """The stated sigma of success fractions over ``requests`` each: the binomial standard
+    deviation, floored at ``SIGMA_FLOOR`` (no reward, nan: 1, as uninformative)."""
+    p = np.clip(reward, 0.0, 1.0)
+    with np.errstate(invalid="ignore"):
+        sigma = np.sqrt(p * (1.0 - p) / np.maximum(requests, 1.0))
+    return np.maximum(np.nan_to_num(sigma, nan=1.0), SIGMA_FLOOR)
 
 
 def feedback(

@@ -216,7 +216,6 @@ def solve_lattice(
         if attempt == recenter or not edge.any():
             break
         moved = np.flatnonzero(edge)
-        start = start.copy()
         start[moved] = np.maximum(np.minimum(k[moved] - half, k_max[moved] - width), k_min[moved])
         part = refine(start[moved] * q, span[moved], moved)
         a, U = grid.a.copy(), grid.U.copy()

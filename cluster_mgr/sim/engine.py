@@ -32,7 +32,7 @@ from allocators.base import Policy, PolicyError
 from allocators.packing import PackingError
 from cluster_mgr.clock import ManualClock
 from cluster_mgr.control.global_allocator import Decision, GlobalAllocator
-from cluster_mgr.feedback import SIGMA_FLOOR
+from cluster_mgr.feedback import reward_sigma
 from cluster_mgr.model import (
     N_LATENCY_BUCKETS,
     TELEMETRY_WINDOW_S,
@@ -350,9 +350,7 @@ class Simulation:
                 reward[i] = min(1.0, c.within[keep][i] / TELEMETRY_WINDOW_S / s.slo.target)
             elif s.slo is None:
                 reward[i] = c.completed[keep][i] / offered[i]
-        sigma = np.maximum(
-            np.sqrt(np.clip(reward, 0, 1) * (1 - np.clip(reward, 0, 1)) / offered), SIGMA_FLOOR
-        )
+        sigma = reward_sigma(reward, offered)
         self._obs.append(
             (
                 names,
