@@ -14,13 +14,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 from typing import Literal
 
 import numpy as np
 
 from allocators.base import PolicyError, Snapshot, check_feasible
 from allocators.waterfill import waterfill
-from cluster_mgr.model import JobSpec, PerformanceModel, utility_from_reward
+from cluster_mgr.model import RESOURCE_KINDS, JobSpec, PerformanceModel, utility_from_reward
 
 Side = Literal["lower", "mean", "upper"]
 SIDE_INDEX: dict[str, int] = {"lower": 0, "mean": 1, "upper": 2}
@@ -30,6 +31,9 @@ SIDE_INDEX: dict[str, int] = {"lower": 0, "mean": 1, "upper": 2}
 #: points cost a third more for the same welfare: mean -1e-5 over 60 snapshots, with
 #: single snapshots either way by up to 2e-3 where a logistic knee falls between points.)
 COARSE_T: np.ndarray = np.concatenate(([0.0], np.geomspace(1e-4, 1.0, 95)))
+#: The probe of ``coarse``: every PROBE_STEP-th point of COARSE_T and its last (t = 1).
+PROBE_STEP = 8
+PROBE_POINTS: np.ndarray = np.unique(np.r_[0 : len(COARSE_T) : PROBE_STEP, len(COARSE_T) - 1])
 #: Fine unit grid for the zoom pass around a coarse solution.
 FINE_T: np.ndarray = np.linspace(0.0, 1.0, 33)
 #: One zoom pass: 9 points across a job's bracket (two steps of the grid before).
@@ -72,7 +76,11 @@ def cpu_problem(snapshot: Snapshot, kind: str = "cpu") -> CpuProblem:
     if len(set(names)) != len(names):
         raise PolicyError(f"duplicate job names in snapshot: {sorted(names)}")
     cap = snapshot.capacity.get(kind)
-    lo = np.array([j.minimum.get(kind) for j in jobs], dtype=float)
+    if kind in RESOURCE_KINDS:  # an attribute read per job, not a method call
+        amount_of = attrgetter(kind)
+        lo = np.array([amount_of(j.minimum) for j in jobs], dtype=float)
+    else:
+        lo = np.array([j.minimum.get(kind) for j in jobs], dtype=float)
     # A job can never hold more than its maximum, nor more than its pinned nodes hold,
     # nor more than is left once every other job has its minimum.
     pinned = any(j.pins for j in jobs)
@@ -96,7 +104,10 @@ def cpu_problem(snapshot: Snapshot, kind: str = "cpu") -> CpuProblem:
         reach = np.minimum(reach, bound)
     hi = np.maximum(lo, np.minimum(np.minimum(reach, cap), rest + lo))
     w = np.array([j.weight for j in jobs], dtype=float)
-    loads = np.array([_load(snapshot, j.name) for j in jobs], dtype=float)
+    given = snapshot.loads
+    loads = np.array(
+        [given[n] if n in given else _load(snapshot, n) for n in names], dtype=float
+    )
     return CpuProblem(jobs, names, w, lo, hi, float(cap), loads, kind)
 
 
@@ -436,7 +447,28 @@ class GridBuilder:
         return UtilityGrid(a, b, T, U)
 
     def coarse(self, keep_mean: bool = False) -> UtilityGrid:
-        return self.grid(self.p.lo.copy(), self.p.hi - self.p.lo, COARSE_T, keep_mean)
+        """Every job on ``COARSE_T`` from its minimum to its maximum; with monotone utilities,
+        only up to the first point where every job has reached its highest utility.
+
+        A job's maximum is usually far above what it can use (all the capacity the others'
+        minimums leave), so most of the 96 points sit where its utility no longer rises. A
+        probe of every ``PROBE_STEP``-th point (and the last) finds, per job, the first one at
+        its highest probed utility; the grid stops at the latest of those over all jobs, rescaled
+        so that it still ends at t = 1 (beyond it, ``value`` reads the last, highest point: free
+        disposal). The grid's points are the same points of ``COARSE_T`` as before the cut.
+        """
+        a, span = self.p.lo.copy(), self.p.hi - self.p.lo
+        if not self.monotone or self.p.n == 0:
+            return self.grid(a, span, COARSE_T, keep_mean)
+        probe = self.grid(a, span, COARSE_T[PROBE_POINTS])
+        top = probe.U[:, -1:]
+        first = np.argmax(top <= probe.U, axis=1)  # per job: the first probe at its highest
+        # At least the second probe: a grid needs two points (and COARSE_T[0] is 0).
+        cut = int(PROBE_POINTS[max(int(first.max()), 1)])
+        if cut >= len(COARSE_T) - 1:
+            return self.grid(a, span, COARSE_T, keep_mean)
+        T = COARSE_T[: cut + 1] / COARSE_T[cut]
+        return self.grid(a, span * COARSE_T[cut], T, keep_mean)
 
     def exact(self, x: np.ndarray, jobs: np.ndarray | None = None) -> np.ndarray:
         """Utilities at one allocation vector straight from the models, for ``jobs`` (default all)."""

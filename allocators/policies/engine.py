@@ -121,8 +121,15 @@ def to_allocation(snapshot: Snapshot, problem: CpuProblem, x: np.ndarray, name: 
         # ResourceVector validates every field on construction (~10 us); 1,000 jobs per round
         # made that a sixth of a decision. The minimum is a valid vector and the amount is a
         # finite float, so a copy with one field replaced is valid without re-checking.
-        for job, v in zip(problem.jobs, x.tolist(), strict=True):
-            amounts[job.name] = _replaced(job.minimum, kind, round(v, 9))
+        # Rounded to 9 decimals in one numpy pass (round(v, 9) per job was a third of this).
+        values = np.round(x, 9).tolist()
+        if kind == "cpu":  # what every CpuPolicy divides: no per-field loop, no call between
+            for job, v in zip(problem.jobs, values, strict=True):
+                m = job.minimum
+                amounts[job.name] = unchecked_vector(v, m.memory, m.gpu, m.pim_cores, m.mesh, m.custom)
+        else:
+            for job, v in zip(problem.jobs, values, strict=True):
+                amounts[job.name] = _replaced(job.minimum, kind, v)
     else:
         for job, v in zip(problem.jobs, x.tolist(), strict=True):
             amounts[job.name] = job.minimum.with_amount(kind, round(v, 9))
@@ -131,8 +138,6 @@ def to_allocation(snapshot: Snapshot, problem: CpuProblem, x: np.ndarray, name: 
 
 def _replaced(vec: ResourceVector, kind: str, amount: float) -> ResourceVector:
     """``vec`` with the built-in ``kind`` set to ``amount`` (finite), without re-validation."""
-    if kind == "cpu":  # what every CpuPolicy divides: no per-field loop
-        return unchecked_vector(amount, vec.memory, vec.gpu, vec.pim_cores, vec.mesh, vec.custom)
     values = [amount if k == kind else getattr(vec, k) for k in RESOURCE_KINDS]
     return unchecked_vector(*values, custom=vec.custom)
 

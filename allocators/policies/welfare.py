@@ -177,7 +177,8 @@ class WelfarePolicy(CpuPolicy):
         envelopes (``hull_solve``: the price solve in one sort, exact for concave rows):
 
         1. the 96-point log grid (each job from its minimum to its maximum, 10 % steps,
-           so that 0.1 CPU and 1,000 CPUs are both resolved);
+           so that 0.1 CPU and 1,000 CPUs are both resolved), cut where every job's
+           utility has stopped rising (``GridBuilder.coarse``);
         2. while some job's bracket there (the grid points either side) is wider than
            the lattice window (a job past ~8 CPUs), a 9-point zoom across the brackets;
         3. only when a step had to settle a job at a chord's end (a logistic job at its

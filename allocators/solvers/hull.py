@@ -54,8 +54,10 @@ def _rising_envelopes(
     dX = X[:, 1:] - X[:, :-1] if dX is None else dX
     dV = V[:, 1:] - V[:, :-1] if dV is None else dV
     step = dX > 0
-    s = np.divide(dV, dX, out=np.full(dX.shape, -np.inf), where=step)
-    tol = HULL_TOL * (1.0 + float(np.abs(s, where=step, out=np.zeros(s.shape)).max()))
+    s = np.divide(dV, dX, out=np.zeros(dX.shape), where=step)
+    tol = HULL_TOL * (1.0 + max(float(s.max()), -float(s.min())))
+    if not step.all():  # a repeated point (-inf - -inf is nan below: no rise)
+        np.copyto(s, -np.inf, where=~step)
     with np.errstate(invalid="ignore"):
         # rise[:, g]: the slope after point g + 1 exceeds the one before (-inf - -inf, a
         # repeated point, is nan: no rise).
@@ -76,9 +78,11 @@ def _rising_envelopes(
         a = anchor[open_]
         xa = Xr[open_, a][:, None]
         va = Vr[open_, a][:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = Xr[open_] - xa
-            slope = np.where((cols[None, :] > a[:, None]) & (d > 0), (Vr[open_] - va) / d, -np.inf)
+        # Points right of the anchor: rows rise in X, so d > 0 is exactly those (and skips
+        # repeated points).
+        d = Xr[open_] - xa
+        slope = np.full(d.shape, -np.inf)
+        np.divide(Vr[open_] - va, d, out=slope, where=d > 0)
         t = m - 1 - np.argmax(slope[:, ::-1], axis=1)  # the farthest of the steepest
         kr[open_, a] = True
         done = concave_from[open_, t]
@@ -152,13 +156,17 @@ def hull_solve(X: np.ndarray, V: np.ndarray, capacity: float) -> tuple[np.ndarra
     row, c0 = np.divmod(flat, m - 1)
     width, gain, c1 = dX.ravel()[flat], dV.ravel()[flat], c0 + 1
     if rising.size:
-        r, c = np.nonzero(kr)
+        # Consecutive envelope vertices of each rising row, by flat index (one gather per
+        # array instead of four two-dimensional ones).
+        at = np.flatnonzero(kr)
+        r, c = np.divmod(at, m)
         same = r[1:] == r[:-1]
-        rr, a0, a1 = rising[r[1:][same]], c[:-1][same], c[1:][same]
-        w2, g2 = X[rr, a1] - X[rr, a0], V[rr, a1] - V[rr, a0]
-        ok = (w2 > 0) & (g2 > 0)
-        row = np.concatenate([row, rr[ok]])
-        c0, c1 = np.concatenate([c0, a0[ok]]), np.concatenate([c1, a1[ok]])
+        src = rising[r] * m + c
+        xv, vv = X.ravel()[src], V.ravel()[src]
+        w2, g2 = xv[1:] - xv[:-1], vv[1:] - vv[:-1]
+        ok = same & (w2 > 0) & (g2 > 0)
+        row = np.concatenate([row, rising[r[1:][ok]]])
+        c0, c1 = np.concatenate([c0, c[:-1][ok]]), np.concatenate([c1, c[1:][ok]])
         width, gain = np.concatenate([width, w2[ok]]), np.concatenate([gain, g2[ok]])
     if row.size == 0:
         return x0, False

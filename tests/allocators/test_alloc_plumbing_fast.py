@@ -43,8 +43,8 @@ def _ref_to_allocation(snapshot: Snapshot, x: np.ndarray, name: str, kind: str) 
             f"{name}: non-finite amount for {problem.names[int(np.argmin(np.isfinite(x)))]}"
         )
     amounts = {
-        job.name: job.minimum.with_amount(kind, round(v, 9))
-        for job, v in zip(problem.jobs, x.tolist(), strict=True)
+        job.name: job.minimum.with_amount(kind, v)
+        for job, v in zip(problem.jobs, np.round(x, 9).tolist(), strict=True)
     }
     full = {j.name: amounts.get(j.name, ZERO) for j in snapshot.jobs}
     return Allocation(
@@ -313,7 +313,7 @@ def test_to_allocation_matches_the_reference(seed: int) -> None:
     elif n and r < 0.2:
         x[rng.integers(0, n)] = float(rng.choice([np.nan, np.inf]))
     elif n and r < 0.25:
-        x = x + 1e-10 * rng.random(n)  # amounts that round(v, 9) moves
+        x = x + 1e-10 * rng.random(n)  # amounts that rounding to 9 decimals moves
     try:
         want: object = _ref_to_allocation(snap, x, "p", kind)
     except PolicyError as exc:

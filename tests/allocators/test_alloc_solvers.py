@@ -7,12 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from allocators.problem import COARSE_T, UtilityGrid
+from allocators.problem import COARSE_T, GridBuilder, UtilityGrid, cpu_problem
 from allocators.solvers.evolutionary import evolve, evolve_cilantro
 from allocators.solvers.local import frank_wolfe, local_search
 from allocators.solvers.maxmin import solve_maxmin
 from allocators.solvers.rounding import quantize, spread
 from allocators.solvers.separable import polish, solve_lattice, solve_price
+from allocators.testing import random_snapshot
 from allocators.waterfill import waterfill
 
 
@@ -262,3 +263,41 @@ def test_frank_wolfe_never_lowers_a_concave_welfare() -> None:
     before = welfare(grid.value(x0)[None], x0[None])[0]
     after = welfare(grid.value(x)[None], x[None])[0]
     assert x.sum() <= 10.0 + 1e-9 and after > before + 0.1
+
+
+def _band_builder(seed: int, n: int, monotone: bool = True) -> tuple[GridBuilder, UtilityGrid]:
+    """A builder over jobs that saturate well below their maximum, and its uncut grid."""
+    rng = np.random.default_rng(seed)
+    snap = random_snapshot(rng, n_jobs=n)
+    problem = cpu_problem(snap)
+    builder = GridBuilder(problem, snap.models, "upper", monotone=monotone, tiebreak=0.01)
+    full = builder.grid(problem.lo.copy(), problem.hi - problem.lo, COARSE_T)
+    return builder, full
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_coarse_grid_stops_where_every_job_has_stopped_rising(seed: int) -> None:
+    builder, full = _band_builder(seed, 6)
+    cut = builder.coarse()
+    m = cut.U.shape[1]
+    assert 2 <= m <= len(COARSE_T)
+    # The same points of COARSE_T, the same utilities there ...
+    np.testing.assert_allclose(cut.X, full.X[:, :m], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cut.U, full.U[:, :m], rtol=1e-12, atol=1e-12)
+    # ... and every job is at its highest utility by the last one, so reading past the cut
+    # (the last point, free disposal) is what the uncut grid says everywhere.
+    np.testing.assert_array_equal(cut.U[:, -1], full.U[:, -1])
+    x = full.X[:, m - 1 :]
+    for g in range(x.shape[1]):
+        np.testing.assert_allclose(cut.value(x[:, g]), full.value(x[:, g]), atol=1e-12)
+
+
+def test_coarse_grid_is_not_cut_without_free_disposal() -> None:
+    builder, full = _band_builder(0, 6, monotone=False)
+    assert builder.coarse().U.shape == full.U.shape
+
+
+def test_coarse_grid_is_cut_on_jobs_that_saturate_early() -> None:
+    # The check above must see cut grids, not only whole ones.
+    cut = [_band_builder(seed, 6)[0].coarse().U.shape[1] < len(COARSE_T) for seed in range(8)]
+    assert sum(cut) >= 3
