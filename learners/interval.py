@@ -24,11 +24,14 @@ from learners.interval_store import IntervalStore, RowParams
 class IntervalLearner(Learner):
     """Reward f(alloc / load), non-decreasing, in ``value_range`` (default [0, 1]).
 
-    Options: ``depth`` (tree levels below the root; leaves are x_max / 2^depth wide),
+    Options: ``depth`` (tree levels below the root; the 2^depth leaves are uniform in
+    log2(x) over the 16 doublings below x_max, 32 per doubling by default, each about
+    2.2% of x wide; one per doubling, over 2^depth doublings, when depth < 4),
     ``lipschitz`` (slope bound of f in value per unit of x, or None to rely on
     monotonicity alone), ``value_range`` (the prior: bounds never leave it).
-    ``delta`` is the probability that the true f leaves [lcb, ucb] anywhere
-    (a union bound over every node of the tree), for the data seen so far.
+    ``delta`` is the probability that the true f leaves [lcb, ucb] anywhere (a union
+    bound over the store's windows of leaves and its per-leaf atoms, see
+    ``learners.interval_store``), for the data seen so far.
     Observations with zero load are ignored (x is undefined; they are counted
     in ``n_ignored``).
     """
@@ -203,9 +206,12 @@ class IntervalLearner(Learner):
     def demand(self, goal: float, load: float, side: Side = "lower", *, hi: float = 1e4, tol: float = 1e-3) -> float:
         """Exact for the lower side: the smallest x whose lcb step reaches ``goal``, times load.
 
-        The lcb is a prefix maximum over nodes sorted by their largest x, so the
-        answer is that node's largest x; with a Lipschitz constant in force, the
-        generic bisection (which also sees the Lipschitz term) is used instead.
+        The lcb is a step function read from the store's interleaved table: entry 2e
+        holds from the largest x of leaf e - 1 on (from its start when it is empty),
+        entry 2j + 1 from the smallest x of leaf j on (its bottom atom; the whole of an
+        empty leaf j), so the answer is the position of the first entry reaching the
+        goal; with a Lipschitz constant in force, the generic bisection (which also sees
+        the Lipschitz term) is used instead.
         """
         idx = side_index(side)
         if not np.isfinite(goal) or not np.isfinite(load) or load <= 0:
@@ -219,11 +225,16 @@ class IntervalLearner(Learner):
         reach = np.flatnonzero(st.lo_tab[r] >= goal)
         if len(reach) == 0:
             return float("inf")
-        e = int(reach[0])  # lcb(x) >= goal once x's eligible leaves reach boundary e
-        leaf = st.n_leaves - 2 + e  # heap index of leaf e - 1
-        # x in leaf e-1 qualifies from that leaf's largest x on (from its start if it is empty)
-        xe = st.xmax[r, leaf] if st.cnt[r, leaf] > 0 else (e - 1) * st.x_max[r] / st.n_leaves
+        i = int(reach[0])
+        j = (i - 1) // 2  # the leaf in which lcb(x) first reaches the goal (i >= 1: entry 0 is -inf)
+        node = st.n_leaves - 1 + j
+        if st.cnt[r, node] == 0:  # an empty leaf: every x in it sees entry 2j + 1
+            xe = st.leaf_start(j, float(st.x_max[r]))
+        else:  # entry 2j + 1 from the leaf's smallest x on, entry 2j + 2 from its largest
+            xe = float(st.xmin[r, node] if i % 2 else st.xmax[r, node])
         alloc = float(xe * load)
+        while alloc / load < xe:  # the query divides by load again: do not land an ulp short
+            alloc = float(np.nextafter(alloc, np.inf))
         return alloc if alloc <= hi else float("inf")
 
     def explain(self) -> dict[str, object]:
@@ -237,8 +248,9 @@ class IntervalLearner(Learner):
             monotone_projection_in_force=not bool(st.nonmono[r]),
             noise_scale=float(st.noise_scale[r]),
             x_max=float(st.x_max[r]),
+            axis=f"log2(x): {st.per_doubling} leaves per doubling over {st.doublings} doublings below x_max",
             ignored_zero_load=self.n_ignored,
-            bound="simultaneous over all allocations (union over tree nodes)",
+            bound="simultaneous over all allocations (union over windows of leaves and leaf atoms)",
         )
         return out
 

@@ -2,26 +2,45 @@
 
 Cilantro's interval binary tree over x = allocation / load, kept as sufficient
 statistics per node so that one numpy call updates or queries every job of a
-telemetry window. Node (h, i) of a row covers [i, i+1) * x_max / 2^h; nodes are
-stored in heap order (level h starts at 2^h - 1). Per node we keep the
-precision-weighted sums (sum w, sum w*y, sum w*y^2, with w = 1/sigma^2), the
-count and the smallest / largest x seen.
+telemetry window. The axis is relative: leaves are uniform in log2(x) over the
+``doublings`` (D = 16 for depth >= 4) doublings below the row's x_max, P =
+n_leaves / D leaves per doubling (32 at depth 9, each about 2.2% wide in x), so
+the resolution around x is a fixed fraction of x however large x_max grows.
+Leaf j >= 1 covers [x_max * 2^((j - n_leaves) / P), x_max * 2^((j + 1 - n_leaves) / P));
+leaf 0 also holds everything below, x = 0 included. Node (h, i) is the run of
+leaves below it; nodes are stored in heap order (level h starts at 2^h - 1). Per
+node we keep the precision-weighted sums (sum w, sum w*y, sum w*y^2, with
+w = 1/sigma^2), the count and the smallest / largest x seen. When x_max doubles
+the leaves shift left by P (what falls off merges into leaf 0) and the inner
+nodes are summed again from the leaves: every statistic aggregates exactly.
+Per leaf we also keep two atoms, the sums (w, w*y) of the observations at the
+leaf's largest x (top atom) and at its smallest x (bottom atom).
 
 Bounds for an increasing f (all rows, no Lipschitz constant needed) come from
-a family of windows, contiguous runs of leaves (``_windows``): at level h, lower
-windows end on a grid finer than the level's nodes and start at a node
-boundary, upper windows mirror them. With c = beta * s / sqrt(sum w):
-  lcb(x) = max over lower windows whose data all lie at or left of x of (mean - c)
-  ucb(x) = min over upper windows whose data all lie at or right of x of (mean + c)
-By monotonicity the window's mean of f is below (above) f(x): the bound is
-valid whenever the window's concentration holds, and a union bound over the
-family's one-sided events gives beta (simultaneous over all x). The best
-window per leaf boundary, then a prefix max (lower) and suffix min (upper), is
-cached per row (``lo_tab`` / ``hi_tab``): both bounds are non-decreasing step
+a family of events, each the concentration of the weighted mean of y over a
+set of observations fixed by their x (the design) alone:
+  - windows, contiguous runs of leaves (``_windows``): at level h, lower windows
+    end on a grid finer than the level's nodes and start at a node boundary,
+    upper windows mirror them;
+  - per leaf, its top atom (one upper event) and its bottom atom (one lower event).
+With c = beta * s / sqrt(sum w):
+  lcb(x) = max over lower windows / bottom atoms whose data all lie at or left of x of (mean - c)
+  ucb(x) = min over upper windows / top atoms whose data all lie at or right of x of (mean + c)
+By monotonicity the set's mean of f is below (above) f(x): the bound is valid
+whenever the set's concentration holds, and a union bound over the family's
+``_n_events`` one-sided events gives beta = z(delta / _n_events) (simultaneous
+over all x). Monotone in log2(x) is monotone in x, so the argument does not see
+the axis. The atoms resolve data piled up inside one leaf: observations held at
+the query point bound f there even when another observation sits a little left
+(right) of it in the same leaf, which excludes the leaf's windows.
+The best bound per leaf boundary and per leaf interior, then a prefix max
+(lower) and suffix min (upper), is cached per row (``lo_tab`` / ``hi_tab``,
+interleaved: entry 2e for leaf boundary e, entry 2j + 1 for x inside leaf j
+between its smallest and largest x): both bounds are non-decreasing step
 functions by construction (Cilantro's monotone projection) and a query is two
-lookups. Every tree node is a member of both families; with a Lipschitz
-constant L the nodes on x's path also contribute mean -/+ (c + L * distance),
-which is the Cilantro node width.
+lookups. Every tree node is a member of both window families; with a
+Lipschitz constant L the nodes on x's path also contribute mean -/+ (c + L *
+distance), which is the Cilantro node width.
 """
 
 from __future__ import annotations
@@ -50,6 +69,10 @@ def _z(tail: float) -> float:
 GRID = 2
 #: rows per chunk when refreshing checks and bound tables (keeps the temporaries in cache)
 TABLE_CHUNK = 32
+#: doublings of x the leaves span below x_max (fewer when the tree has fewer leaves)
+DOUBLINGS = 16
+#: storage layout of a pickled store: leaves uniform in log2(x), leaf atoms, interleaved tables
+LAYOUT = "log2-atoms"
 
 
 @lru_cache(maxsize=16)
@@ -77,8 +100,9 @@ def _windows(depth: int) -> tuple[tuple[int, int, np.ndarray, np.ndarray, np.nda
 
 @lru_cache(maxsize=16)
 def _n_events(depth: int) -> int:
-    """Number of one-sided deviation events the bound is a union over (both families)."""
-    return int(sum(len(lo) + len(hi) for _, _, lo, hi, _ in _windows(depth)))
+    """Number of one-sided deviation events the bound is a union over: both window
+    families, and per leaf its top atom (upper) and its bottom atom (lower)."""
+    return int(sum(len(lo) + len(hi) for _, _, lo, hi, _ in _windows(depth))) + 2 * (1 << depth)
 
 
 @dataclass
@@ -100,6 +124,9 @@ class IntervalStore:
         self.depth = int(depth)
         self.n_leaves = 1 << self.depth
         self.n_nodes = 2 * self.n_leaves - 1
+        self.doublings = min(DOUBLINGS, self.n_leaves)
+        self.per_doubling = self.n_leaves // self.doublings  # leaves per doubling of x
+        self.layout = LAYOUT
         self.capacity = 0
         self.free: list[int] = []
         self.in_use = np.zeros(0, dtype=bool)
@@ -128,10 +155,19 @@ class IntervalStore:
         self.cnt = grow(g("cnt"), 0.0, (capacity, n), float)
         self.xmin = grow(g("xmin"), np.inf, (capacity, n), float)
         self.xmax = grow(g("xmax"), -np.inf, (capacity, n), float)
-        # lo_tab[r, e]: lcb of any x whose left-eligible leaves end at leaf boundary e (prefix max);
-        # hi_tab[r, s]: ucb of any x whose right-eligible leaves start at boundary s (suffix min)
-        self.lo_tab = grow(g("lo_tab"), -np.inf, (capacity, self.n_leaves + 1), float)
-        self.hi_tab = grow(g("hi_tab"), np.inf, (capacity, self.n_leaves + 1), float)
+        # per leaf: sum w and sum w*y of the observations at its largest x (t*) and smallest x (b*)
+        nl = self.n_leaves
+        self.tw = grow(g("tw"), 0.0, (capacity, nl), float)
+        self.twy = grow(g("twy"), 0.0, (capacity, nl), float)
+        self.bw = grow(g("bw"), 0.0, (capacity, nl), float)
+        self.bwy = grow(g("bwy"), 0.0, (capacity, nl), float)
+        # lo_tab[r, 2e]: lcb of any x whose left-eligible leaves end at leaf boundary e;
+        # lo_tab[r, 2j + 1]: lcb of x in leaf j, at or right of its smallest x and left of its
+        # largest (its bottom atom is eligible, the whole leaf not yet); prefix max over both.
+        # hi_tab mirrors it: 2s for right-eligible leaves starting at boundary s, 2j + 1 for x in
+        # leaf j right of its smallest x and at or left of its largest (top atom); suffix min.
+        self.lo_tab = grow(g("lo_tab"), -np.inf, (capacity, 2 * nl + 1), float)
+        self.hi_tab = grow(g("hi_tab"), np.inf, (capacity, 2 * nl + 1), float)
         self.x_max = grow(g("x_max"), 0.0, (capacity,), float)
         self.noise_scale = grow(g("noise_scale"), 1.0, (capacity,), float)
         self.beta = grow(g("beta"), 0.0, (capacity,), float)
@@ -149,20 +185,17 @@ class IntervalStore:
         self.capacity = capacity
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        """Unpickle; a store pickled before the window tables existed rebuilds them on first use."""
+        """Unpickle. A store pickled with the earlier linear axis (leaves uniform in x) cannot
+        be converted: a linear leaf near 0 spans many log2 leaves and its data cannot be split
+        among them, and placing them in any one leaf would break the windows' "all data at or
+        left / right of x" premise. Such a pickle is refused with a ValueError."""
+        if state.get("layout") != LAYOUT:
+            raise ValueError(
+                "this IntervalStore was pickled by an older cluster-mgr with leaves uniform in x; "
+                f"the current layout ({LAYOUT!r}: leaves uniform in log2 x, leaf atoms) cannot be "
+                "rebuilt from its leaf statistics. Relearn the model from its observations.")
         self.__dict__.update(state)
         self.__dict__.setdefault("_scalars", [])
-        if "lo_tab" not in state:
-            for name in ("lo_keys", "lo_vals", "hi_keys", "hi_vals"):
-                self.__dict__.pop(name, None)
-            shape = (self.capacity, self.n_leaves + 1)
-            self.lo_tab, self.hi_tab = np.full(shape, -np.inf), np.full(shape, np.inf)
-            self.beta[self.in_use] = stats.norm.isf(self._delta_of_beta() / _n_events(self.depth))
-            self.dirty[:] = True
-
-    def _delta_of_beta(self) -> np.ndarray:
-        """The delta behind the node-only beta of an old pickle (beta = z(delta / (2 n_nodes)))."""
-        return stats.norm.sf(self.beta[self.in_use]) * 2 * self.n_nodes
 
     def add_row(self, params: RowParams) -> int:
         """A fresh, empty row with ``params``; returns its index."""
@@ -194,7 +227,8 @@ class IntervalStore:
 
     def _reset_row(self, r: int) -> None:
         for arr, fill in ((self.w, 0.0), (self.wy, 0.0), (self.wyy, 0.0), (self.cnt, 0.0),
-                          (self.xmin, np.inf), (self.xmax, -np.inf)):
+                          (self.xmin, np.inf), (self.xmax, -np.inf), (self.tw, 0.0), (self.twy, 0.0),
+                          (self.bw, 0.0), (self.bwy, 0.0)):
             arr[r] = fill
         self.x_max[r] = 0.0
         self.noise_scale[r] = 1.0
@@ -204,12 +238,12 @@ class IntervalStore:
         self.dirty[r] = True
 
     def copy_row(self, src: IntervalStore, rs: int, rd: int) -> None:
-        """Copy row ``rs`` of ``src`` (same depth) into row ``rd`` of this store."""
+        """Copy row ``rs`` of ``src`` (same depth, hence the same axis) into row ``rd`` of this store."""
         if src.depth != self.depth:
             raise ValueError(f"cannot copy a depth-{src.depth} tree into a depth-{self.depth} store")
         src.flush()
         self.flush()
-        for name in ("w", "wy", "wyy", "cnt", "xmin", "xmax", "lo_tab", "hi_tab", "x_max", "noise_scale", "beta", "beta_flag", "lo", "hi", "lip",
+        for name in ("w", "wy", "wyy", "cnt", "xmin", "xmax", "tw", "twy", "bw", "bwy", "lo_tab", "hi_tab", "x_max", "noise_scale", "beta", "beta_flag", "lo", "hi", "lip",
                      "nobs", "nonmono", "lip_broken", "flag", "dirty"):
             getattr(self, name)[rd] = getattr(src, name)[rs]
         self.reason[rd] = src.reason[rs]
@@ -228,21 +262,68 @@ class IntervalStore:
         """Right shift that maps a leaf index to its ancestor at each level."""
         return (self.depth - np.arange(self.depth + 1))[None, :]
 
-    def _grow_domain(self, r: int, levels: int) -> None:
-        """Double row r's domain ``levels`` times: the old tree becomes the leftmost subtree."""
+    def leaf_of(self, u: np.ndarray) -> np.ndarray:
+        """Leaf index of u = x / x_max >= 0 on the log2 axis (below the axis: leaf 0; u >= 1:
+        the last). With u = m 2^e (m in [1/2, 1)) the index is e P + n_leaves + floor(P log2 m):
+        halving u moves it exactly P leaves down, so a domain doubling and ``_grow_domain``'s
+        shift agree on every observation, boundary cases included."""
+        m, e = np.frexp(u)
+        with np.errstate(divide="ignore"):
+            t = np.log2(m)  # -inf for u = 0
+        t *= self.per_doubling
+        np.floor(t, out=t)
+        t += e * self.per_doubling + self.n_leaves
+        np.clip(t, 0.0, self.n_leaves - 1, out=t)
+        return t.astype(np.int64)
+
+    def leaf_start(self, j: int, x_max: float) -> float:
+        """The smallest x that ``leaf_of`` puts in leaf j (or later) for a row with this x_max."""
+        if j <= 0:
+            return 0.0
+        x = x_max * 2.0 ** ((j - self.n_leaves) / self.per_doubling)
+        while self.leaf_of(np.array([x / x_max]))[0] < j:  # rounding in log2: step up to the leaf
+            x = float(np.nextafter(x, np.inf))
+        while self.leaf_of(np.array([float(np.nextafter(x, 0.0)) / x_max]))[0] >= j:
+            x = float(np.nextafter(x, 0.0))
+        return x
+
+    def _grow_domain(self, rows: np.ndarray, levels: int) -> None:
+        """Double the x_max of ``rows`` (distinct) ``levels`` times. The axis is relative to
+        x_max, so the leaves shift left by ``levels * per_doubling``: leaves 0..shift merge into
+        the new leaf 0 (its atoms are those of the highest / lowest merged leaf with data), the
+        rest move down, the top leaves start empty, and every inner node is summed again from
+        its children, level by level (sums add, smallest / largest x take min / max)."""
+        nl, m = self.n_leaves, len(rows)
+        k = min(levels * self.per_doubling, nl - 1)  # old leaves 0..k become the new leaf 0
+        full = self.cnt[rows, nl - 1: nl + k] > 0
+        some = full.any(axis=1)
+        ix = np.arange(m)
+        for arrs, pick in (((self.tw, self.twy), k - np.argmax(full[:, ::-1], axis=1)),
+                           ((self.bw, self.bwy), np.argmax(full, axis=1))):
+            for arr in arrs:
+                a = arr[rows]
+                head = np.where(some, a[ix, pick], 0.0)
+                a[:, 1: nl - k] = a[:, k + 1:]
+                a[:, nl - k:] = 0.0
+                a[:, 0] = head
+                arr[rows] = a
+        sums = np.stack([self.w[rows], self.wy[rows], self.wyy[rows], self.cnt[rows]])
+        ext = np.stack([self.xmin[rows], -self.xmax[rows]])  # both reduce with minimum
+        for arr, red, fill in ((sums, np.sum, 0.0), (ext, np.min, np.inf)):
+            lv = arr[..., nl - 1:]
+            head = red(lv[..., : k + 1], axis=-1)
+            lv[..., 1: nl - k] = lv[..., k + 1:]  # numpy copies overlapping ranges safely
+            lv[..., nl - k:] = fill
+            lv[..., 0] = head
         offs = self._level_offsets()
-        for arr, fill in ((self.w, 0.0), (self.wy, 0.0), (self.wyy, 0.0), (self.cnt, 0.0),
-                          (self.xmin, np.inf), (self.xmax, -np.inf)):
-            old = arr[r].copy()
-            arr[r] = fill
-            for h in range(self.depth + 1):
-                src_h = h - levels
-                if src_h < 0:  # the whole old tree sits inside node 0 of this level
-                    arr[r, offs[h]] = old[0]
-                else:
-                    width = 1 << src_h
-                    arr[r, offs[h]: offs[h] + width] = old[offs[src_h]: offs[src_h] + width]
-        self.x_max[r] *= 2.0**levels
+        for h in range(self.depth - 1, -1, -1):
+            a_, b_, n_ = offs[h], offs[h + 1], 1 << h
+            np.add(sums[..., b_: b_ + 2 * n_: 2], sums[..., b_ + 1: b_ + 2 * n_: 2], out=sums[..., a_: a_ + n_])
+            np.minimum(ext[..., b_: b_ + 2 * n_: 2], ext[..., b_ + 1: b_ + 2 * n_: 2], out=ext[..., a_: a_ + n_])
+        self.w[rows], self.wy[rows], self.wyy[rows], self.cnt[rows] = sums
+        self.xmin[rows] = ext[0]
+        self.xmax[rows] = -ext[1]
+        self.x_max[rows] *= 2.0**levels
 
     def add(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, wt: np.ndarray) -> None:
         """Queue observations (x >= 0 finite, weights 1/sigma^2) for their rows' trees."""
@@ -293,18 +374,25 @@ class IntervalStore:
             np.maximum.at(top, rows, x)
             xb = top[urows]
         xm = self.x_max[urows]
-        for r, b_ in zip(urows[(xm <= 0) | (xb >= xm)], xb[(xm <= 0) | (xb >= xm)], strict=True):
-            b_ = float(b_)  # domain set-up / growth is per row and rare
-            if self.x_max[r] <= 0:
-                self.x_max[r] = 2.0 ** np.ceil(np.log2(2 * b_)) if b_ > 0 else 1.0
-            if b_ >= self.x_max[r]:
-                self._grow_domain(int(r), int(np.floor(np.log2(b_ / self.x_max[r]))) + 1)
-        u = x / self.x_max[rows]
-        leaf = np.minimum((u * self.n_leaves).astype(np.int64), self.n_leaves - 1)
+        need = (xm <= 0) | (xb >= xm)
+        if need.any():  # domain set-up and growth: rare per row, batched over rows
+            rr, bb = urows[need], xb[need]
+            new = xm[need] <= 0
+            with np.errstate(divide="ignore"):
+                self.x_max[rr[new]] = np.where(bb[new] > 0, 2.0 ** np.ceil(np.log2(2 * bb[new])), 1.0)
+                xm2 = self.x_max[rr]
+                grow = bb >= xm2
+                levels = np.floor(np.log2(bb[grow] / xm2[grow])).astype(np.int64) + 1
+            for lv in np.unique(levels):
+                self._grow_domain(rr[grow][levels == lv], int(lv))
+        leaf = self.leaf_of(x / self.x_max[rows])
         node = self._offsets + (leaf[:, None] >> self._shifts)
         k = self.depth + 1
         vals = (wt, wt * y, wt * y * y, np.ones_like(wt))
         xr = np.repeat(x, k)
+        rows64 = rows.astype(np.int64)
+        hkey = rows64 * self.n_nodes + (leaf + (self.n_leaves - 1))  # flat index of each leaf node
+        old_lo, old_hi = self.xmin.reshape(-1)[hkey], self.xmax.reshape(-1)[hkey]
         if single:  # one tree: a dense bincount over its nodes is cheapest
             r = int(rows[0])
             flat = node.reshape(-1)
@@ -325,7 +413,24 @@ class IntervalStore:
             lo_, hi_ = self.xmin.reshape(-1), self.xmax.reshape(-1)
             lo_[uniq] = np.minimum(lo_[uniq], np.minimum.reduceat(xs, first))
             hi_[uniq] = np.maximum(hi_[uniq], np.maximum.reduceat(xs, first))
+        self._fold_atoms(rows64 * self.n_leaves + leaf, hkey, x, wt, vals[1], old_lo, old_hi)
         self.dirty[urows] = True
+
+    def _fold_atoms(self, akey: np.ndarray, hkey: np.ndarray, x: np.ndarray, wt: np.ndarray,
+                    wy: np.ndarray, old_lo: np.ndarray, old_hi: np.ndarray) -> None:
+        """Update the leaf atoms after a batch: a leaf whose largest (smallest) x moved restarts
+        its top (bottom) atom, then every observation at its leaf's new extreme joins it.
+        ``akey`` / ``hkey``: flat indices of each observation's leaf in the atom / node arrays;
+        ``old_lo`` / ``old_hi``: that leaf's smallest / largest x before the batch."""
+        new_lo, new_hi = self.xmin.reshape(-1)[hkey], self.xmax.reshape(-1)[hkey]
+        for aw, awy, new, moved in ((self.tw, self.twy, new_hi, new_hi > old_hi),
+                                    (self.bw, self.bwy, new_lo, new_lo < old_lo)):
+            fw, fwy = aw.reshape(-1), awy.reshape(-1)
+            fw[akey[moved]] = 0.0
+            fwy[akey[moved]] = 0.0
+            at = x == new
+            np.add.at(fw, akey[at], wt[at])
+            np.add.at(fwy, akey[at], wy[at])
 
     # -- refresh: misspecification checks and the sorted bound tables ----------------
     def refresh(self, rows: np.ndarray) -> None:
@@ -347,8 +452,10 @@ class IntervalStore:
         self.dirty[rows] = False
 
     def _tables_chunk(self, rows: np.ndarray) -> None:
-        """lo_tab / hi_tab of ``rows``: the best window bound per leaf boundary, then the
-        prefix max (lower) and suffix min (upper), the monotone projection.
+        """lo_tab / hi_tab of ``rows``: the best window bound per leaf boundary (a bottom atom
+        counts at the boundary after its leaf, a top atom at the boundary before it), then the
+        prefix max (lower) and suffix min (upper), the monotone projection; then the entries
+        for x inside a leaf with data, where only the leaf's atom is eligible on that side.
 
         Window sums are differences of prefix sums over the leaves, taken block by block
         (no gathers): at level h the lower windows ending in [t wl, (t+1) wl) all start at
@@ -395,8 +502,24 @@ class IntervalStore:
                 val /= sw
                 view = hi_best[:, nl - wl + q: 2 * nl - wl + q: q]
                 np.fmin(view, val.reshape(k, -1), out=view)
-        self.lo_tab[rows] = np.maximum.accumulate(lo_best[:, : nl + 1], axis=1)
-        self.hi_tab[rows] = np.minimum.accumulate(hi_best[:, 2 * nl: nl - 1: -1], axis=1)[:, ::-1]
+            cw = c[:, :, 0]
+            tw, bw = self.tw[rows], self.bw[rows]
+            top = (self.twy[rows] + cw * np.sqrt(tw)) / tw  # NaN for an empty atom
+            bot = (self.bwy[rows] - cw * np.sqrt(bw)) / bw
+        view = lo_best[:, 1: nl + 1]
+        np.fmax(view, bot, out=view)
+        view = hi_best[:, nl: 2 * nl]
+        np.fmin(view, top, out=view)
+        lo = np.maximum.accumulate(lo_best[:, : nl + 1], axis=1)
+        hi = np.minimum.accumulate(hi_best[:, 2 * nl: nl - 1: -1], axis=1)[:, ::-1]
+        empty = self.cnt[rows, nl - 1:] == 0  # x anywhere in an empty leaf: as right of it (lower) / left (upper)
+        lo_in = np.where(empty, lo[:, 1:], np.fmax(lo[:, :-1], bot))
+        hi_in = np.where(empty, hi[:, :-1], np.fmin(hi[:, 1:], top))
+        tab = np.empty((len(rows), 2 * nl + 1))
+        tab[:, 0::2], tab[:, 1::2] = lo, lo_in
+        self.lo_tab[rows] = tab
+        tab[:, 0::2], tab[:, 1::2] = hi, hi_in
+        self.hi_tab[rows] = tab
 
     def _raise(self, rows: np.ndarray, hit: np.ndarray, reason: str) -> None:
         for r in rows[hit & ~self.flag[rows]]:
@@ -461,8 +584,9 @@ class IntervalStore:
         xm = self.x_max[rows]
         cold = xm <= 0
         u = np.where(cold, 0.0, np.minimum(x / np.where(cold, 1.0, xm), 1.0))
-        lcb, ucb = self._mono_bounds(rows, u, x)
-        mean, path_c, m_lo, m_hi = self._path(rows, x, u, cold)
+        leaf = self.leaf_of(u)
+        lcb, ucb = self._mono_bounds(rows, u, x, leaf)
+        mean, path_c, m_lo, m_hi = self._path(rows, x, leaf, cold)
         lcb = np.maximum(lcb, m_lo)
         ucb = np.minimum(ucb, m_hi)
         nm = self.nonmono[rows]
@@ -476,23 +600,26 @@ class IntervalStore:
         mean = np.clip(mean, lcb, ucb)
         return lcb, mean, ucb
 
-    def _mono_bounds(self, rows: np.ndarray, u: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mono_bounds(self, rows: np.ndarray, u: np.ndarray, x: np.ndarray, j: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Table lookups: the lower bound uses every leaf whose data all lie at or left of x
-        (the leaves before x's leaf, and x's own leaf when its largest x is <= x), the
-        upper bound every leaf whose data all lie at or right of x."""
-        nl = self.n_leaves
-        j = np.minimum((u * nl).astype(np.int64), nl - 1)
+        (the leaves before x's leaf j, and leaf j itself when its largest x is <= x) and,
+        when x is at or right of leaf j's smallest x only, leaf j's bottom atom; the upper
+        bound mirrors it (leaves after j, leaf j when its smallest x is >= x, else its top
+        atom when its largest x is >= x). An empty leaf has xmin = inf, xmax = -inf."""
+        node = j + (self.n_leaves - 1)
+        lo_x, hi_x = self.xmin[rows, node], self.xmax[rows, node]
         inside = u < 1.0
-        node = j + (nl - 1)
-        e = np.where(inside, j + (self.xmax[rows, node] <= x), nl)
-        s_ = np.where(inside, j + (self.xmin[rows, node] < x), nl)
+        base = 2 * j
+        e = np.where(inside, base + (x >= lo_x) + (x >= hi_x), 2 * self.n_leaves)
+        s_ = np.where(inside, base + (x > lo_x) + (x > hi_x), 2 * self.n_leaves)
         return self.lo_tab[rows, e], self.hi_tab[rows, s_]
 
-    def _path(self, rows: np.ndarray, x: np.ndarray, u: np.ndarray, cold: np.ndarray
+    def _path(self, rows: np.ndarray, x: np.ndarray, leaf: np.ndarray, cold: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Mean and half-width of the deepest node on x's path with data, and the
-        Lipschitz bounds of the path nodes (-inf / inf when no L is in force)."""
-        leaf = np.minimum((u * self.n_leaves).astype(np.int64), self.n_leaves - 1)
+        """Mean and half-width of the deepest node on the path to x's leaf with data, and
+        the Lipschitz bounds of the path nodes (-inf / inf when no L is in force; the
+        distances use the nodes' own smallest / largest x)."""
         node = self._offsets + (leaf[:, None] >> self._shifts)
         r2 = rows[:, None]
         w = self.w[r2, node]
