@@ -106,16 +106,14 @@ def cpu_problem(snapshot: Snapshot, kind: str = "cpu") -> CpuProblem:
     w = np.array([j.weight for j in jobs], dtype=float)
     given = snapshot.loads
     loads = np.array(
-        [given[n] if n in given else _load(snapshot, n) for n in names], dtype=float
+        [given[n] if n in given else _signalled_load(snapshot, n) for n in names], dtype=float
     )
     return CpuProblem(jobs, names, w, lo, hi, float(cap), loads, kind)
 
 
-def _load(snapshot: Snapshot, job: str) -> float:
-    if job in snapshot.loads:
-        return float(snapshot.loads[job])
-    sig = snapshot.signals.get(job, {})
-    return float(sig.get("load", 1.0))
+def _signalled_load(snapshot: Snapshot, job: str) -> float:
+    """A job's load when the snapshot states none: its measured signal, else 1."""
+    return float(snapshot.signals.get(job, {}).get("load", 1.0))
 
 
 def job_utility_fn(job: JobSpec) -> JobUtility:
